@@ -1,0 +1,199 @@
+"""Command line: the same functions the app uses, for scripts and batch jobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .config import (
+    DEFAULT_CATALOGUE,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_DATA_ROOT,
+    DEFAULT_INFERENCE_CONFIG,
+    MODELS_DIR,
+    REPO_DIR,
+    ModelConfig,
+    TrainConfig,
+)
+from .errors import WhaleIdError
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    for f in fields(cls):
+        default = f.default
+        if isinstance(default, tuple):
+            continue
+        kind = type(default)
+        flag = "--" + prefix + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=default, metavar="BOOL")
+        else:
+            parser.add_argument(flag, type=kind, default=default, dest=prefix.replace("-", "_") + f.name)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    model_config = ModelConfig(
+        **{f.name: getattr(args, "model_" + f.name) for f in fields(ModelConfig) if hasattr(args, "model_" + f.name)}
+    )
+    meta = train(train_config, model_config)
+    print(f"saved {train_config.out}; last epoch: {meta['history'][-1]}")
+    return 0
+
+
+def _load_identifier(args: argparse.Namespace, with_catalogue: bool = True):
+    from .identify import Identifier
+
+    catalogue = args.catalogue if with_catalogue else None
+    return Identifier.load(args.checkpoint, catalogue, args.inference_config)
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
+    identifier = _load_identifier(args)
+    failures = 0
+    results = {}
+    for image in args.images:
+        try:
+            result = identifier.identify(Path(image))
+        except WhaleIdError as exc:
+            failures += 1
+            results[image] = {"error": str(exc)}
+            if not args.json:
+                print(f"{image}: error: {exc}", file=sys.stderr)
+            continue
+        results[image] = result.to_dict()
+        if not args.json:
+            print(_describe(image, result))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failures else 0
+
+
+def _describe(name: str, result) -> str:
+    if result.rejected:
+        return f"{name}: rejected — {result.rejection_reason}"
+    head = f"{name}: {result.species} ({result.species_probability:.0%})"
+    verdict = "NEW INDIVIDUAL" if result.new_individual else f"{result.best.individual_id}"
+    lines = [f"{head} → {verdict} (new-individual probability {result.new_individual_probability:.0%})"]
+    for rank, c in enumerate(result.top5, start=1):
+        lines.append(f"  {rank}. {c.individual_id:<20} {c.species:<28} p={c.probability:.3f} score={c.score:.3f}")
+    return "\n".join(lines)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch, write_csv
+
+    identifier = _load_identifier(args)
+    rows = run_batch(identifier, Path(args.source), batch_size=args.batch_size)
+    counts = {"ok": 0, "error": 0, "skipped": 0}
+
+    def counted():
+        for row in rows:
+            counts[row.status] += 1
+            if args.verbose:
+                print(f"{row.file}: {row.status} {row.individual_id or row.error}", file=sys.stderr)
+            yield row
+
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            write_csv(counted(), handle)
+    else:
+        write_csv(counted(), sys.stdout)
+    print(
+        f"{counts['ok']} identified, {counts['error']} failed, {counts['skipped']} skipped"
+        + (f"; wrote {args.csv}" if args.csv else ""),
+        file=sys.stderr,
+    )
+    return 0 if counts["ok"] or not (counts["error"] + counts["skipped"]) else 1
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table
+
+    identifier = _load_identifier(args, with_catalogue=False)  # the gallery rows are the catalogue
+    report = evaluate(identifier, args.labels, args.root)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import BundlePaths, bundle
+
+    summary = bundle(
+        BundlePaths(Path(args.checkpoint), Path(args.data_root), Path(args.models_dir), Path(args.samples_dir))
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _model_options(parser: argparse.ArgumentParser, catalogue: bool = True) -> None:
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model checkpoint (.pt)")
+    if catalogue:
+        parser.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE), help="bundled catalogue (.npz)")
+    parser.add_argument("--inference-config", default=str(DEFAULT_INFERENCE_CONFIG), help="tuned rules (.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m whales_identify", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on labelled photographs (CPU or CUDA)")
+    _add_dataclass_options(p, TrainConfig)
+    _add_dataclass_options(p, ModelConfig, prefix="model-")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("identify", help="identify photos: species, top-5 individuals or new individual")
+    p.add_argument("images", nargs="+", help="photo files")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _model_options(p)
+    p.set_defaults(func=_cmd_identify)
+
+    p = sub.add_parser("batch", help="identify every photo in a ZIP or folder; CSV out")
+    p.add_argument("source", help="a .zip file or a folder")
+    p.add_argument("--csv", help="write the table here (default: standard output)")
+    p.add_argument("--batch-size", type=int, default=16)
+    _model_options(p)
+    p.set_defaults(func=_cmd_batch)
+
+    p = sub.add_parser("evaluate", help="score the model on a labelled gallery/query CSV")
+    p.add_argument("labels", help="CSV with image, individual_id, species, split (gallery|query)")
+    p.add_argument("--root", required=True, help="folder the image paths are relative to")
+    p.add_argument("--json", help="write the full report here")
+    _model_options(p, catalogue=False)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("bundle", help="tune a trained checkpoint and write the shipped model files")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    p.add_argument("--models-dir", default=str(MODELS_DIR))
+    p.add_argument("--samples-dir", default=str(REPO_DIR / "tests" / "data"))
+    p.set_defaults(func=_cmd_bundle)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    try:
+        return args.func(args)
+    except WhaleIdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

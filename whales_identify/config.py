@@ -1,0 +1,189 @@
+"""All tunable numbers of the project, in one place.
+
+Model/training settings travel inside each checkpoint (so a checkpoint is
+reproducible on its own); inference settings (thresholds, blend weights,
+temperatures) are tuned on held-out data and saved beside the checkpoint in
+``models/inference.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+MODELS_DIR = REPO_DIR / "models"
+DEFAULT_CHECKPOINT = MODELS_DIR / "whale_id.pt"
+DEFAULT_INFERENCE_CONFIG = MODELS_DIR / "inference.yaml"
+DEFAULT_CATALOGUE = MODELS_DIR / "catalogue.npz"
+DEFAULT_SPECIES_MAP = MODELS_DIR / "species_map.yaml"
+DEFAULT_DATA_ROOT = REPO_DIR.parent / "shared" / "data"
+
+NON_CETACEAN = "non_cetacean"
+NEW_INDIVIDUAL = "new_individual"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture: backbone → GeM → BN embedding neck → (ArcFace, species) heads."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    image_size: int = 224
+    embedding_dim: int = 512
+    gem_p: float = 3.0
+    # Normalisation of the EfficientNet-Lite ImageNet weights (TF port): mean = std = 0.5.
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    arcface_scale: float = 30.0
+    arcface_margin: float = 0.3
+    arcface_subcenters: int = 2
+    # Happywhale-winner trick: individuals with few photos get a larger margin.
+    dynamic_margin: bool = True
+    dynamic_margin_min: float = 0.2
+    dynamic_margin_max: float = 0.45
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**values)
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe. Early backbone stages are frozen and their outputs cached
+    for several augmented views, so training fits a 2-core CPU."""
+
+    data_root: str = str(DEFAULT_DATA_ROOT)
+    out: str = str(DEFAULT_CHECKPOINT)
+    seed: int = 17
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1.5e-3
+    head_lr_mult: float = 10.0
+    weight_decay: float = 1e-2
+    frozen_stages: int = 4  # stem + blocks[0:4] frozen and cached
+    views: int = 5  # cached views per image: 1 clean + (views - 1) augmented
+    species_loss_weight: float = 0.5
+    label_smoothing: float = 0.1
+    workers: int = 2
+    device: str = "auto"
+    limit: int = 0  # >0: use only this many training images (smoke tests)
+
+
+@dataclass
+class InferenceConfig:
+    """Decision rules, tuned on the validation split by ``whales_identify tune``."""
+
+    # score(individual) = (1 - w) * best image cosine + w * ArcFace prototype cosine
+    prototype_weight: float = 0.3
+    # Answer new_individual when the best individual score is below this.
+    new_individual_threshold: float = 0.45
+    # Probability = softmax(score * temperature) over candidates + new_individual.
+    temperature: float = 20.0
+    # Species: blend of the species head and the catalogue's k nearest photos.
+    species_knn_weight: float = 0.5
+    species_knn_k: int = 5
+    # Reject when P(non_cetacean) exceeds this.
+    reject_threshold: float = 0.5
+    top_k: int = 5
+    tuned_on: str = ""  # description of the data the values were tuned on
+
+    @classmethod
+    def load(cls, path: Path | str = DEFAULT_INFERENCE_CONFIG) -> InferenceConfig:
+        path = Path(path)
+        if not path.exists():
+            return cls()
+        data = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: Path | str = DEFAULT_INFERENCE_CONFIG) -> None:
+        Path(path).write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+
+
+@dataclass
+class ImageLimits:
+    """Limits on what the decoder accepts: bad input gets a clear message."""
+
+    max_file_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 120_000_000  # beyond this Pillow treats the file as a bomb
+    decode_long_side: int = 1280  # images are reduced to this while decoding
+    min_side: int = 16
+
+
+@dataclass
+class ArchiveLimits:
+    """Limits checked on a ZIP's directory before anything is extracted."""
+
+    max_members: int = 5_000
+    max_total_uncompressed: int = 4 * 1024**3
+    max_member_uncompressed: int = 60 * 1024 * 1024
+    max_compression_ratio: float = 200.0
+    image_suffixes: tuple[str, ...] = field(
+        default=(".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+    )
+
+
+@dataclass
+class CatalogConfig:
+    """The user's own catalogue (SQLite): where it lives, what each photo keeps, how exports are checked."""
+
+    home_env: str = "WHALES_ID_HOME"  # folder override for the database
+    default_home: str = "~/.local/share/whales_identify"
+    file_name: str = "catalog.sqlite3"
+    busy_timeout_ms: int = 30_000  # a second writer waits this long for the lock instead of failing
+    crop_long_side: int = 384  # stored crop: enough to recompute embeddings when the model changes
+    crop_quality: int = 90
+    thumbnail_size: int = 128
+    thumbnail_quality: int = 80
+    embed_batch_size: int = 16
+    export_format: str = "whales_identify-catalog-export"
+    export_format_version: int = 1
+    max_import_bytes: int = 8 * 1024**3  # uncompressed size of an export ZIP accepted for import
+    max_csv_bytes: int = 16 * 1024 * 1024  # an enrolment or export CSV larger than this is refused
+
+
+@dataclass
+class MaskConfig:
+    """The animal mask: u2netp (salient-object segmentation) run through rembg, offline."""
+
+    model_path: str = str(MODELS_DIR / "u2netp.onnx")
+    input_long_side: int = 640  # the photo is reduced to this before the net (which works at 320 px)
+    threshold: float = 0.5  # mask value (0..1) above which a pixel counts as animal
+    min_coverage: float = 0.002  # below this fraction of the photo there is no usable box
+    threads: int = 2
+
+
+@dataclass
+class AppConfig:
+    """The web app's settings; paths can be overridden with WHALE_ID_* environment variables."""
+
+    checkpoint: str = str(DEFAULT_CHECKPOINT)
+    catalogue: str = str(DEFAULT_CATALOGUE)  # "none": an empty catalogue (everything is new)
+    inference_config: str = str(DEFAULT_INFERENCE_CONFIG)
+    model_card: str = str(MODELS_DIR / "MODEL_CARD.md")
+    examples_dir: str = str(REPO_DIR / "tests" / "data")
+    # One photo: the decoder's own limit (ImageLimits.max_file_bytes), in MiB.
+    max_photo_mb: int = ImageLimits.max_file_bytes // (1024 * 1024)
+    # A batch upload (a ZIP or several photos), each file; also server.maxUploadSize in .streamlit/config.toml.
+    max_batch_upload_mb: int = 500
+    batch_size: int = 8
+    preview_long_side: int = 512  # photos kept per batch row for the detail view
+    thumbnail_px: int = 96
+    results_kept: int = 8  # single-photo results remembered per browser session
+
+    @classmethod
+    def from_env(cls) -> AppConfig:
+        import os
+
+        config = cls()
+        for name in ("checkpoint", "catalogue", "inference_config"):
+            value = os.environ.get(f"WHALE_ID_{name.upper()}")
+            if value:
+                setattr(config, name, value)
+        return config

@@ -1,0 +1,57 @@
+"""Image → network input, shared by training and inference so they never drift."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+from .config import ModelConfig
+
+
+def to_tensor(image: Image.Image, config: ModelConfig) -> torch.Tensor:
+    """Resize to the model's square input and normalise; shape (3, H, W)."""
+    size = config.image_size
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    mean = np.asarray(config.mean, dtype=np.float32)
+    std = np.asarray(config.std, dtype=np.float32)
+    array = (array - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def crop_to_box(image: Image.Image, box: tuple[float, float, float, float] | None, pad: float = 0.05) -> Image.Image:
+    """Crop to a box (x1, y1, x2, y2) with a small margin; no box: the whole photo."""
+    if box is None:
+        return image
+    x1, y1, x2, y2 = box
+    dx, dy = (x2 - x1) * pad, (y2 - y1) * pad
+    left, top = max(0, int(x1 - dx)), max(0, int(y1 - dy))
+    right, bottom = min(image.width, int(x2 + dx)), min(image.height, int(y2 + dy))
+    if right - left < 8 or bottom - top < 8:
+        return image
+    return image.crop((left, top, right, bottom))
+
+
+def augment(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Mild photometric and geometric changes, as between two photos of one animal.
+
+    No horizontal flip: a fin or fluke seen mirrored is a different pattern.
+    """
+    w, h = image.size
+    scale = rng.uniform(0.75, 1.0)
+    ratio = rng.uniform(0.85, 1.15)
+    cw = min(w, int(w * scale * ratio**0.5))
+    ch = min(h, int(h * scale / ratio**0.5))
+    left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    image = image.crop((left, top, left + cw, top + ch))
+    image = image.rotate(rng.uniform(-10, 10), resample=Image.Resampling.BILINEAR, fillcolor=(128, 128, 128))
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.75, 1.25))
+    image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.75, 1.25))
+    image = ImageEnhance.Color(image).enhance(rng.uniform(0.7, 1.3))
+    if rng.random() < 0.1:
+        image = image.convert("L").convert("RGB")
+    return image
