@@ -8,6 +8,7 @@ catalogue of everything else with one thumbnail per individual.
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from .tune import tune
 
 log = logging.getLogger(__name__)
 SAMPLE_LONG_SIDE = 480
+SAMPLE_MARGIN = 0.05  # a sample's best score stays this far from the new-individual threshold
 
 
 @dataclass
@@ -46,12 +48,18 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
     rng = np.random.default_rng(0)
     counts = frame["individual_id"].value_counts()
     chosen: list[int] = []
+    threshold = identifier.config.new_individual_threshold
 
     def answer_without(index: int, drop_individual: bool = False):
+        """The answer for the photo exactly as it will be shipped (resized, re-encoded)."""
         mask = gallery_all.image_names != frame.at[index, "image"]
         if drop_individual:
             mask &= gallery_all.individual_ids != frame.at[index, "individual_id"]
-        return identifier.decide(outputs[index], gallery_all.subset(mask))
+        output = identifier.forward([decode_image(_sample_bytes(frame.at[index, "path"]))])[0]
+        result = identifier.decide(output, gallery_all.subset(mask))
+        best = result.best.score if result.best else -1.0
+        clear = abs(best - threshold) >= SAMPLE_MARGIN  # far from the threshold: stable across platforms
+        return result if clear else None
 
     wanted = [
         ("noaa_right_whale", 3),
@@ -59,7 +67,8 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
         ("fin_whale_catrlog", 1),
         ("kabuga_individual_id", 1),
     ]
-    test = frame[(frame["split"] == "test") & frame["individual_id"].ne("")]
+    named = frame["individual_id"].ne("") & ~frame["individual_id"].str.startswith("unknown")
+    test = frame[(frame["split"] == "test") & named]
     for source, n in wanted:
         pool = test[test["source"] == source].index.to_numpy()
         picked = 0
@@ -67,33 +76,45 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
             if counts[frame.at[index, "individual_id"]] < 3 or not isinstance(outputs[index], ModelOutput):
                 continue
             result = answer_without(index)
-            if result.answer == frame.at[index, "individual_id"]:
+            if result and result.answer == frame.at[index, "individual_id"] and not result.rejected:
                 chosen.append(int(index))
                 picked += 1
                 if picked == n:
                     break
-    singletons = frame[frame["individual_id"].map(counts).eq(1) & frame["source"].ne("noaa_right_whale")]
+    singletons = frame[named & frame["individual_id"].map(counts).eq(1) & frame["source"].ne("noaa_right_whale")]
     for index in rng.permutation(singletons.index.to_numpy()):
-        if isinstance(outputs[index], ModelOutput) and answer_without(index, True).answer == NEW_INDIVIDUAL:
+        result = answer_without(index, True) if isinstance(outputs[index], ModelOutput) else None
+        if result and result.answer == NEW_INDIVIDUAL:
             chosen.append(int(index))
             break
     negatives = frame[(frame["split"] == "test") & frame["species"].eq(NON_CETACEAN)]
+    reject = identifier.config.reject_threshold
     for index in rng.permutation(negatives.index.to_numpy()):
-        if isinstance(outputs[index], ModelOutput) and answer_without(index).rejected:
+        result = answer_without(index) if isinstance(outputs[index], ModelOutput) else None
+        if result and result.rejected and result.species_probability > min(0.95, reject + 0.3):
             chosen.append(int(index))
             break
     return chosen
 
 
+def _sample_bytes(path: str) -> bytes:
+    """A sample photo as shipped: at most SAMPLE_LONG_SIDE px, JPEG."""
+    image = decode_image(path)
+    image.thumbnail((SAMPLE_LONG_SIDE, SAMPLE_LONG_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
 def _write_samples(frame: pd.DataFrame, chosen: list[int], samples_dir: Path) -> None:
     samples_dir.mkdir(parents=True, exist_ok=True)
+    for old in samples_dir.glob("*.jpg"):
+        old.unlink()
     rows = []
     for index in chosen:
         row = frame.loc[index]
-        image = decode_image(row["path"])
-        image.thumbnail((SAMPLE_LONG_SIDE, SAMPLE_LONG_SIDE))
         name = f"{row['species']}_{Path(row['image']).stem}.jpg"
-        image.save(samples_dir / name, format="JPEG", quality=88)
+        (samples_dir / name).write_bytes(_sample_bytes(row["path"]))
         rows.append(
             {
                 "image": name,
@@ -165,7 +186,7 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
     catalogue.model_version = Identifier.load(target, catalogue=None).model_version
     catalogue.save(models_dir / "catalogue.npz")
     tuned.save(models_dir / "inference.yaml")
-    species_map = dict(sorted(catalogue.individual_species.items()))
+    species_map = {str(k): str(v) for k, v in sorted(catalogue.individual_species.items())}
     (models_dir / "species_map.yaml").write_text(
         "# individual_id: species, for every individual in the bundled catalogue\n"
         + yaml.safe_dump(species_map, sort_keys=False)

@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from .catalog_cli import register as register_catalog
 from .config import (
     DEFAULT_CATALOGUE,
     DEFAULT_CHECKPOINT,
@@ -48,10 +49,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_identifier(args: argparse.Namespace, with_catalogue: bool = True):
+    """The model, searching the bundled catalogue plus the user's own (when it exists)."""
+    from .catalog import Catalog, default_path
     from .identify import Identifier
 
     catalogue = args.catalogue if with_catalogue else None
-    return Identifier.load(args.checkpoint, catalogue, args.inference_config)
+    identifier = Identifier.load(args.checkpoint, catalogue, args.inference_config)
+    db = getattr(args, "db", None)
+    if with_catalogue and not getattr(args, "bundled_only", False) and (db or default_path().exists()):
+        with Catalog(db, identifier.gallery, model_version=identifier.model_version) as catalog:
+            gallery = catalog.gallery(species=getattr(args, "species", None))
+            if gallery.stale:
+                print(
+                    f"note: {gallery.stale} photo(s) in {catalog.path} were embedded by another model version "
+                    "and are not searched; run `python -m whales_identify catalog stats` for details",
+                    file=sys.stderr,
+                )
+        identifier.set_gallery(gallery)
+    return identifier
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
@@ -139,6 +154,9 @@ def _model_options(parser: argparse.ArgumentParser, catalogue: bool = True) -> N
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model checkpoint (.pt)")
     if catalogue:
         parser.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE), help="bundled catalogue (.npz)")
+        parser.add_argument("--db", default=None, help="your catalogue database (default: in your data folder)")
+        parser.add_argument("--bundled-only", action="store_true", help="search the bundled catalogue only")
+        parser.add_argument("--species", default=None, help="search only individuals of this species")
     parser.add_argument("--inference-config", default=str(DEFAULT_INFERENCE_CONFIG), help="tuned rules (.yaml)")
 
 
@@ -178,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default=str(MODELS_DIR))
     p.add_argument("--samples-dir", default=str(REPO_DIR / "tests" / "data"))
     p.set_defaults(func=_cmd_bundle)
+
+    register_catalog(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ from .config import (
     NEW_INDIVIDUAL,
     NON_CETACEAN,
     InferenceConfig,
+    SpeedConfig,
 )
 from .errors import WhaleIdError
 from .gallery import Gallery
@@ -32,6 +33,7 @@ from .preprocess import to_tensor
 from .results import Candidate, Identification
 
 ImageSource = bytes | str | Path | Image.Image
+SPEED = SpeedConfig()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -44,7 +46,7 @@ class ModelOutput:
     """What one forward pass gives for one photo."""
 
     embedding: np.ndarray  # (D,) L2-normalised
-    species_probabilities: np.ndarray  # (S,) from the species head
+    species_logits: np.ndarray  # (S,) from the species head
 
 
 class Identifier:
@@ -115,9 +117,14 @@ class Identifier:
         batch = torch.stack([to_tensor(image, self.model.config) for image in images])
         batch = batch.contiguous(memory_format=torch.channels_last)
         with self._lock:
-            embeddings, species_logits = self.model(batch)
-        probabilities = torch.softmax(species_logits, dim=1).numpy()
-        return [ModelOutput(e, p) for e, p in zip(embeddings.numpy(), probabilities, strict=True)]
+            threads = torch.get_num_threads()
+            if len(images) == 1:
+                torch.set_num_threads(min(threads, SPEED.single_photo_threads))
+            try:
+                embeddings, species_logits = self.model(batch)
+            finally:
+                torch.set_num_threads(threads)
+        return [ModelOutput(e, s) for e, s in zip(embeddings.numpy(), species_logits.numpy(), strict=True)]
 
     # --- the decision --------------------------------------------------------------
     def individual_scores(self, embedding: np.ndarray, gallery: Gallery | None = None) -> np.ndarray:
@@ -140,7 +147,7 @@ class Identifier:
     def species_distribution(self, output: ModelOutput, gallery: Gallery | None = None) -> np.ndarray:
         """Species head blended with a similarity-weighted vote of the k nearest catalogue photos."""
         gallery = gallery or self.gallery
-        head = output.species_probabilities
+        head = _softmax(output.species_logits * self.config.species_temperature)
         w = self.config.species_knn_weight
         if w <= 0 or len(gallery) == 0:
             return head

@@ -21,7 +21,9 @@ PROTOTYPE_WEIGHTS = (0.0, 0.15, 0.3, 0.5)
 THRESHOLDS = tuple(np.round(np.arange(0.10, 0.90, 0.02), 2))
 TEMPERATURES = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0)
 SPECIES_KNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-REJECT_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.95, 0.05), 2))
+MIN_ACCEPTANCE = 0.99
+SPECIES_TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+REJECT_THRESHOLDS = tuple(np.round(np.arange(0.02, 0.96, 0.02), 2))
 
 
 def _ranked_with_new(scores: np.ndarray, names: np.ndarray, threshold: float) -> list[str]:
@@ -80,10 +82,26 @@ def tune(
             best_t, best_nll = temperature, nll
     log["val_nll_per_query"] = float(best_nll / max(sum(cetacean), 1))
 
-    # 3. Species k-NN weight: species accuracy on cetaceans; 4. rejection threshold.
+    # 3. Species temperature: NLL of the true species from the head alone.
+    species_index = {n: i for i, n in enumerate(identifier.species_names)}
+    truth_species = [species_index[s] for s in species]
+    best_st, best_species_nll = base.species_temperature, np.inf
+    for species_t in SPECIES_TEMPERATURES:
+        nll = 0.0
+        for o, t in zip(outputs, truth_species, strict=True):
+            logits = o.species_logits * species_t
+            logits = logits - logits.max()
+            nll -= logits[t] - np.log(np.exp(logits).sum())
+        if nll < best_species_nll:
+            best_st, best_species_nll = species_t, nll
+    log["val_species_nll_per_query"] = float(best_species_nll / max(len(outputs), 1))
+
+    # 4. Species k-NN weight: species accuracy on cetaceans; 5. rejection threshold.
     best_w, best_acc = base.species_knn_weight, -1.0
     for knn_weight in SPECIES_KNN_WEIGHTS:
-        identifier.config = replace(base, species_knn_weight=knn_weight, temperature=best_t)
+        identifier.config = replace(
+            base, species_knn_weight=knn_weight, temperature=best_t, species_temperature=best_st
+        )
         dists = [identifier.species_distribution(o, gallery) for o in outputs]
         acc = np.mean(
             [
@@ -98,14 +116,21 @@ def tune(
     negative = identifier.species_names.index(NON_CETACEAN)
     p_non = np.array([d[negative] for d in best_dists])
     is_cet = np.array(cetacean)
-    best_r, best_bal = base.reject_threshold, -1.0
+    # Losing a real whale photo is worse than answering for a landscape, so keep
+    # acceptance >= MIN_ACCEPTANCE and reject as much as possible within that
+    # (ties: the higher, more conservative threshold).
+    best_r, best_key = base.reject_threshold, (-1.0, -1.0, -1.0)
     for reject in REJECT_THRESHOLDS:
         rejection = float(np.mean(p_non[~is_cet] > reject)) if (~is_cet).any() else 1.0
         acceptance = float(np.mean(p_non[is_cet] <= reject))
-        balanced = (rejection + acceptance) / 2
-        if balanced > best_bal:
-            best_r, best_bal = float(reject), balanced
+        key = (float(acceptance >= MIN_ACCEPTANCE), rejection, float(reject))
+        if key > best_key:
+            best_r, best_key = float(reject), key
             log["val_non_cetacean_rejection"], log["val_cetacean_acceptance"] = rejection, acceptance
+    log["val_p_non_cetacean_quantiles"] = {
+        "negatives_5_50": np.quantile(p_non[~is_cet], [0.05, 0.5]).round(4).tolist() if (~is_cet).any() else [],
+        "cetaceans_50_99": np.quantile(p_non[is_cet], [0.5, 0.99]).round(4).tolist(),
+    }
 
     identifier.config = base
     tuned = replace(
@@ -113,6 +138,7 @@ def tune(
         prototype_weight=weight,
         new_individual_threshold=threshold,
         temperature=best_t,
+        species_temperature=best_st,
         species_knn_weight=best_w,
         reject_threshold=best_r,
     )

@@ -1,0 +1,80 @@
+"""Page 4: the model card, the loaded model and how to use another checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import components as ui
+from app.state import app_config, get_identifier
+
+
+def body() -> None:
+    st.title("About the model")
+    config = app_config()
+    identifier = get_identifier()
+    c = identifier.config
+    cols = st.columns(4)
+    species = len([s for s in identifier.species_names if s != "non_cetacean"])
+    for col, (label, value) in zip(
+        cols,
+        [
+            ("Model version", identifier.model_version or "—"),
+            ("Species", str(species)),
+            ("Catalogue individuals", f"{len(identifier.gallery.individuals):,}"),
+            ("Catalogue photos", f"{len(identifier.gallery):,}"),
+        ],
+        strict=True,
+    ):
+        with col:
+            ui.card(label, value)
+
+    with st.expander("Decision rules in use (models/inference.yaml)"):
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    ("New-individual threshold (similarity score)", c.new_individual_threshold),
+                    ("Probability temperature", c.temperature),
+                    ("Weight of the learned individual centres", c.prototype_weight),
+                    ("Weight of the catalogue vote in the species", c.species_knn_weight),
+                    ("Catalogue photos voting on the species", c.species_knn_k),
+                    ("Reject when P(not a cetacean) exceeds", c.reject_threshold),
+                    ("Tuned on", c.tuned_on or "—"),
+                ],
+                columns=["Rule", "Value"],
+            ).astype({"Value": str}),
+            hide_index=True,
+            width="stretch",
+        )
+        st.caption("Species the model knows: " + ", ".join(ui.species_label(s) for s in identifier.species_names))
+
+    card = Path(config.model_card)
+    if card.is_file():
+        st.markdown(card.read_text(encoding="utf-8"))
+    else:
+        st.info(f"The model card ({card.name}) is not installed next to the model.")
+
+    st.subheader("Use your own checkpoint")
+    st.markdown(
+        f"""
+The app reads three files, by default from `models/`:
+`whale_id.pt` (the network), `catalogue.npz` (the known individuals) and `inference.yaml` (the tuned rules).
+Point it at others with environment variables before starting it:
+
+```bash
+python -m whales_identify train --data-root /path/to/data --out runs/my_model.pt
+python -m whales_identify bundle --checkpoint runs/my_model.pt --models-dir my_models/
+WHALE_ID_CHECKPOINT=my_models/whale_id.pt \\
+WHALE_ID_CATALOGUE=my_models/catalogue.npz \\
+WHALE_ID_INFERENCE_CONFIG=my_models/inference.yaml \\
+streamlit run app/streamlit_app.py
+```
+`WHALE_ID_CATALOGUE=none` starts with an empty catalogue (every photo is then a new individual).
+Now in use: `{Path(config.checkpoint).name}` · `{Path(config.catalogue).name}` · `{Path(config.inference_config).name}`.
+"""
+    )
+
+
+ui.run_guarded(body)

@@ -1,0 +1,31 @@
+"""Whale & dolphin photo-identification — the web app.
+
+Run:  streamlit run app/streamlit_app.py
+Pages live in app/pages/; all the work is done by the ``whales_identify`` package.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="Whale & dolphin ID", page_icon="🐋", layout="wide")
+
+PAGES = Path(__file__).resolve().parent / "pages"
+navigation = st.navigation(
+    [
+        st.Page(PAGES / "identify.py", title="Identify a photo", icon=":material/search:", default=True),
+        st.Page(PAGES / "batch.py", title="Batch", icon=":material/photo_library:"),
+        st.Page(PAGES / "catalogue.py", title="Catalogue", icon=":material/pets:"),
+        st.Page(PAGES / "about_model.py", title="About the model", icon=":material/info:"),
+    ]
+)
+with st.sidebar:
+    st.caption("Photo-identification of whales and dolphins. Runs entirely offline; photos never leave this server.")
+navigation.run()

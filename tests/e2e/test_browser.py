@@ -1,0 +1,270 @@
+"""The app in a real browser: Debian's chromium driven by Playwright, against `streamlit run`.
+
+Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``); Playwright never
+downloads a browser. Screenshots go to ``$WHALE_ID_SCREENSHOTS`` (default: a
+temporary folder) so they can be looked at. Photos come from tests/data/
+(``WHALE_ID_TEST_PHOTOS`` overrides); the model from models/ (or WHALE_ID_* variables).
+Run: pytest tests/e2e -q
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("WHALE_ID_CHROMIUM", "/usr/bin/chromium"))
+PHOTO_DIR = Path(os.environ.get("WHALE_ID_TEST_PHOTOS", ROOT / "tests" / "data"))
+CHECKPOINT = Path(os.environ.get("WHALE_ID_CHECKPOINT", ROOT / "models" / "whale_id.pt"))
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 180_000  # a 2-core machine shared with training: be patient
+
+from playwright import sync_api  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _requirements() -> None:
+    """The browser test is part of CI (.ci/run installs Chromium): a missing piece fails, never skips."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} not installed: apt-get install -y chromium"
+    assert CHECKPOINT.exists(), f"no model at {CHECKPOINT}"
+
+
+def _photos() -> list[Path]:
+    suffixes = {".jpg", ".jpeg", ".png"}
+    return sorted(p for p in PHOTO_DIR.glob("*") if p.suffix.lower() in suffixes) if PHOTO_DIR.is_dir() else []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _with_gps(data: bytes) -> bytes:
+    """The same photo with an EXIF date and GPS position (to exercise the map)."""
+    from PIL import ExifTags, Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    exif = Image.Exif()
+    exif[ExifTags.Base.DateTime] = "2024:07:01 10:20:30"
+    exif[ExifTags.IFD.GPSInfo] = {1: "N", 2: (48.0, 30.0, 0.0), 3: "W", 4: (123.0, 10.0, 0.0)}
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shots() -> Path:
+    folder = Path(os.environ.get("WHALE_ID_SCREENSHOTS") or tempfile.mkdtemp(prefix="whale_id_shots_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHALES_ID_HOME": tempfile.mkdtemp(prefix="whale_id_catalogue_")}
+    log = tempfile.NamedTemporaryFile(prefix="streamlit_", suffix=".log", delete=False)  # noqa: SIM115 - kept open for the server's life
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app/streamlit_app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+        if process.poll() is not None:
+            break
+    else:
+        process.kill()
+        pytest.fail(f"streamlit did not start; log: {log.name}")
+    if process.poll() is not None:
+        pytest.fail(f"streamlit exited ({process.returncode}); log: {Path(log.name).read_text()[-2000:]}")
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+    text = Path(log.name).read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def _upload(page, path_or_payload) -> None:
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(path_or_payload)
+
+
+def test_identify_one_photo(page, server, shots):
+    photos = _photos()
+    if not photos:
+        pytest.fail(f"no photos in {PHOTO_DIR}")
+    start = time.perf_counter()
+    page.goto(server)
+    page.get_by_text("Identify a whale or dolphin").first.wait_for()
+    page.get_by_text("Upload a photo, take one with the camera").wait_for()  # the empty state, fully drawn
+    load_s = time.perf_counter() - start
+    page.screenshot(path=str(shots / "1_identify_empty.png"), full_page=True)
+
+    _upload(page, str(photos[0]))
+    page.get_by_text("Mask opacity").first.wait_for()
+    page.locator(".st-key-card_species").first.wait_for()
+    page.locator("[data-testid='stVegaLiteChart'], .vega-embed").first.wait_for()
+    page.wait_for_timeout(1500)  # let the chart and images paint
+    main = page.locator("[data-testid='stMain']")
+    species = main.locator(".st-key-card_species").inner_text()
+    individual = main.locator(".st-key-card_individual").inner_text()
+    assert "probability" in species and "probability" in individual
+    assert main.locator("[data-testid='stImage'] img").count() >= 1  # the photo with its mask overlay
+    assert (
+        main.get_by_text("New individual (not in catalogue)").count() >= 1 or main.locator(".vega-embed").count() >= 1
+    )
+    page.screenshot(path=str(shots / "2_identify_result.png"), full_page=True)
+
+    with page.expect_download() as download:
+        main.get_by_text("Result (JSON)").click()
+    result = json.loads(Path(download.value.path()).read_text())
+    assert {"answer", "species", "top5", "new_individual_probability"} <= set(result)
+    (shots / "timings.json").write_text(json.dumps({"page_load_s": round(load_s, 2)}))
+
+    # save it as a new individual, then find it on the Catalogue page
+    form = main.locator("[data-testid='stForm']").first
+    form.get_by_text("A new individual").click()
+    form.get_by_role("textbox", name="New individual id").fill("E2E-WHALE-1")
+    form.get_by_role("textbox", name="Your name (audit log)").fill("browser-test")
+    form.get_by_role("button", name="Save to catalogue").click()
+    main.get_by_text("Saved as image").wait_for()
+    page.locator("[data-testid='stSidebarNav'] a").filter(has_text="Catalogue").click()
+    page.locator("h1").filter(has_text="Catalogue").first.wait_for()
+    page.get_by_role("tab", name="Audit log").click()
+    page.get_by_text("browser-test").first.wait_for(state="attached")  # a cell of the grid
+    page.get_by_role("tab", name="Individuals").click()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(shots / "4_catalogue_after_save.png"), full_page=True)
+
+
+def test_batch_zip(page, server, shots):
+    photos = _photos()
+    if not photos:
+        pytest.fail(f"no photos in {PHOTO_DIR}")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for photo in photos[:3]:
+            archive.writestr(f"survey/{photo.name}", photo.read_bytes())
+        archive.writestr("survey/with_gps.jpg", _with_gps(photos[0].read_bytes()))
+        archive.writestr("survey/broken.jpg", b"\xff\xd8\xff\xe0 this is not really a JPEG")
+        archive.writestr("survey/notes.txt", "field notes")
+    zip_path = shots / "survey.zip"
+    zip_path.write_bytes(buffer.getvalue())
+
+    page.goto(server)
+    page.get_by_text("Identify a whale or dolphin").first.wait_for()
+    page.locator("[data-testid='stSidebarNav'] a").filter(has_text="Batch").click()
+    page.get_by_text("Batch identification").first.wait_for()
+    _upload(page, str(zip_path))
+    page.get_by_role("button", name="Identify 1 file").click()
+    page.get_by_text("Download all results (CSV)").wait_for()
+    page.locator("[data-testid='stDataFrame']").first.wait_for()
+    page.get_by_text("Photos per species").wait_for()
+    page.wait_for_timeout(2500)  # the grid, charts and map paint
+    assert page.locator("[data-testid='stDeckGlJsonChart']").count() >= 1  # the GPS photo is on the map
+    page.screenshot(path=str(shots / "3_batch_result.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 3400})  # Streamlit scrolls inside its main block
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(shots / "3b_batch_full.png"))
+    page.get_by_text("broken.jpg").first.wait_for(state="attached")  # the bad file is a row of the grid
+
+    with page.expect_download() as download:
+        page.get_by_text("Download all results (CSV)").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    by_file = {row["file"]: row for row in rows}
+    assert by_file["survey/broken.jpg"]["status"] == "error" and by_file["survey/broken.jpg"]["error"]
+    assert by_file["survey/notes.txt"]["status"] == "skipped"
+    assert by_file["survey/with_gps.jpg"]["latitude"].startswith("48.5")
+    assert sum(row["status"] == "ok" for row in rows) == min(3, len(photos)) + 1
+
+
+def test_other_pages(page, server, shots):
+    page.goto(server)
+    page.get_by_text("Identify a whale or dolphin").first.wait_for()
+    for link, title, shot in (
+        ("Catalogue", "Catalogue", "5_catalogue.png"),
+        ("About the model", "About the model", "6_about.png"),
+    ):
+        page.locator("[data-testid='stSidebarNav'] a").filter(has_text=link).click()
+        page.locator("h1").filter(has_text=title).first.wait_for()
+        page.wait_for_timeout(1500)
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.screenshot(path=str(shots / shot), full_page=True)
+
+
+def test_a_photo_without_a_cetacean_is_explained(page, server, shots):
+    negatives = sorted(PHOTO_DIR.glob("non_cetacean_*.jpg"))
+    assert negatives, "no non_cetacean sample photo"
+    page.goto(server)
+    page.get_by_text("Upload a photo, take one with the camera").wait_for()
+    _upload(page, str(negatives[0]))
+    page.get_by_text("No whale or dolphin found").wait_for()
+    page.wait_for_timeout(1000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=str(shots / "7_rejected.png"), full_page=True)

@@ -1,0 +1,90 @@
+"""The real bundled model on real photographs it has never seen (held out of the catalogue)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from whales_identify.config import DEFAULT_SPECIES_MAP, NEW_INDIVIDUAL, NON_CETACEAN
+from whales_identify.errors import InvalidImageError
+
+
+def test_samples_cover_known_new_and_negative(samples, known_samples) -> None:
+    assert len(known_samples) >= 4
+    assert (samples["species"] == NON_CETACEAN).sum() >= 1
+    assert len(samples) > len(known_samples) + 1  # at least one new individual too
+
+
+def test_known_animals_are_identified(identifier, known_samples) -> None:
+    for row in known_samples.itertuples():
+        result = identifier.identify(Path(row.path))
+        assert not result.rejected, row.image
+        assert not result.new_individual, row.image
+        assert result.answer == row.individual_id, row.image
+        assert result.species == row.species, row.image
+
+
+def test_new_individual_is_reported(identifier, samples) -> None:
+    known = set(identifier.gallery.individuals.tolist())
+    new = samples[(samples["individual_id"] != "") & ~samples["individual_id"].isin(known)]
+    assert len(new) >= 1
+    for row in new.itertuples():
+        result = identifier.identify(Path(row.path))
+        assert result.new_individual and result.answer == NEW_INDIVIDUAL
+        assert result.new_individual_probability > result.top5[0].probability
+
+
+def test_non_cetacean_is_rejected(identifier, samples) -> None:
+    for row in samples[samples["species"] == NON_CETACEAN].itertuples():
+        result = identifier.identify(Path(row.path))
+        assert result.rejected and result.answer == "rejected"
+        assert "whale or dolphin" in result.rejection_reason
+
+
+def test_probabilities_are_one_ranked_distribution(identifier, known_samples) -> None:
+    result = identifier.identify(Path(known_samples.iloc[0]["path"]))
+    probabilities = [c.probability for c in result.top5]
+    assert len(result.top5) == 5
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) + result.new_individual_probability <= 1 + 1e-6
+    assert sum(result.species_probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert np.linalg.norm(result.embedding) == pytest.approx(1.0, abs=1e-4)
+    assert result.ranked_answers()[0] == result.answer
+
+
+def test_bytes_path_and_pil_give_the_same_answer(identifier, known_samples) -> None:
+    path = Path(known_samples.iloc[0]["path"])
+    a = identifier.identify(path)
+    b = identifier.identify(path.read_bytes())
+    c = identifier.identify(identifier.prepare(path))
+    assert a.answer == b.answer == c.answer
+    assert np.allclose(a.embedding, b.embedding, atol=1e-5) and np.allclose(a.embedding, c.embedding, atol=1e-5)
+
+
+def test_batch_identification_matches_one_by_one(identifier, samples) -> None:
+    sources = [(row.image, Path(row.path)) for row in samples.itertuples()]
+    sources.insert(1, ("broken.jpg", b"not a photo"))
+    answers = dict(identifier.identify_many(sources, batch_size=3))
+    assert isinstance(answers["broken.jpg"], InvalidImageError)
+    for row in samples.itertuples():
+        single = identifier.identify(Path(row.path))
+        assert answers[row.image].answer == single.answer
+        assert np.allclose(answers[row.image].embedding, single.embedding, atol=1e-4)
+
+
+def test_species_map_matches_catalogue(identifier) -> None:
+    species_map = yaml.safe_load(DEFAULT_SPECIES_MAP.read_text())
+    assert set(species_map) == set(identifier.gallery.individuals.tolist())
+    for individual, species in list(species_map.items())[:50]:
+        assert identifier.gallery.individual_species[individual] == species
+    assert all(identifier.gallery.thumbnails.get(i) for i in list(species_map)[:50])
+
+
+def test_checkpoint_carries_what_reproduces_it(identifier) -> None:
+    meta = identifier.meta
+    assert meta["individuals"] and meta["species"] and NON_CETACEAN in meta["species"]
+    assert "train" in meta["command"] and meta["train_config"]["seed"] is not None
+    assert identifier.gallery.model_version == identifier.model_version
