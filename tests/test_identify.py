@@ -41,6 +41,7 @@ def test_non_cetacean_is_rejected(identifier, samples) -> None:
     for row in samples[samples["species"] == NON_CETACEAN].itertuples():
         result = identifier.identify(Path(row.path))
         assert result.rejected and result.answer == "rejected"
+        assert not result.new_individual  # no animal, so no new animal either
         assert "whale or dolphin" in result.rejection_reason
 
 

@@ -198,7 +198,7 @@ class Identifier:
             species=species if not rejected else NON_CETACEAN,
             species_probability=species_probability if not rejected else p_non,
             top5=top,
-            new_individual=best < cfg.new_individual_threshold,
+            new_individual=not rejected and best < cfg.new_individual_threshold,
             new_individual_probability=float(probabilities[-1]),
             rejected=rejected,
             rejection_reason=reason,

@@ -124,6 +124,7 @@ def server():
     if process.poll() is not None:
         pytest.fail(f"streamlit exited ({process.returncode}); log: {Path(log.name).read_text()[-2000:]}")
     yield url
+    _record_server_memory(process.pid)
     process.terminate()
     try:
         process.wait(timeout=15)
@@ -132,6 +133,16 @@ def server():
     log.close()
     text = Path(log.name).read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
+
+
+def _record_server_memory(pid: int) -> None:
+    """Peak and current resident memory of the app server after the tests' photos and ZIPs:
+    the number the README quotes for Streamlit Community Cloud (written where screenshots go)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    values = {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
+    folder = os.environ.get("WHALE_ID_SCREENSHOTS")
+    if folder:
+        Path(folder, "server_memory.txt").write_text(f"VmHWM {values['VmHWM']}\nVmRSS {values['VmRSS']}\n")
 
 
 @pytest.fixture(scope="module")
