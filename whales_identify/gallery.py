@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .errors import ModelLoadError
 
@@ -115,7 +116,7 @@ class Gallery:
             raise ModelLoadError(f"{path.name} is not a readable catalogue: {exc}") from exc
 
 
-def thumbnail_jpeg(image, size: int = 128, quality: int = 80) -> bytes:
+def thumbnail_jpeg(image: Image.Image, size: int = 128, quality: int = 80) -> bytes:
     """A small JPEG of a PIL image, for the catalogue's side-by-side view."""
     copy = image.copy()
     copy.thumbnail((size, size))

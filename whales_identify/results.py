@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import NEW_INDIVIDUAL
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -62,8 +64,6 @@ class Identification:
     def ranked_answers(self) -> list[str]:
         """Top-5 ids with ``new_individual`` inserted where its probability ranks it
         (the Happywhale submission format, used for MAP@5)."""
-        from .config import NEW_INDIVIDUAL
-
         if self.rejected:  # no cetacean: certainly no known individual
             return [NEW_INDIVIDUAL, *[c.individual_id for c in self.top5][:4]]
         ranked = [(c.probability, c.individual_id) for c in self.top5]

@@ -137,7 +137,6 @@ def _git_commit() -> str:
 def train(config: TrainConfig, model_config: ModelConfig) -> dict:
     """Train, measure on the validation split, and write the checkpoint to ``config.out``."""
     seed_everything(config.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     device = pick_device(config.device)
     frame = load_dataset(config.data_root, config.seed)
     train_rows = frame[frame["split"] == "train"].reset_index(drop=True)
