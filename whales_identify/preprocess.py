@@ -23,19 +23,6 @@ def to_tensor(image: Image.Image, config: ModelConfig) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def crop_to_box(image: Image.Image, box: tuple[float, float, float, float] | None, pad: float = 0.05) -> Image.Image:
-    """Crop to a box (x1, y1, x2, y2) with a small margin; no box: the whole photo."""
-    if box is None:
-        return image
-    x1, y1, x2, y2 = box
-    dx, dy = (x2 - x1) * pad, (y2 - y1) * pad
-    left, top = max(0, int(x1 - dx)), max(0, int(y1 - dy))
-    right, bottom = min(image.width, int(x2 + dx)), min(image.height, int(y2 + dy))
-    if right - left < 8 or bottom - top < 8:
-        return image
-    return image.crop((left, top, right, bottom))
-
-
 def augment(image: Image.Image, rng: random.Random) -> Image.Image:
     """Mild photometric and geometric changes, as between two photos of one animal.
 
