@@ -143,3 +143,225 @@ def test_zip_bomb_refused_by_ratio() -> None:
     buffer.seek(0)
     with pytest.raises(InvalidArchiveError, match="bomb"):
         list(iter_zip(buffer))
+
+
+# --- more hostile and unusual photos (the reliability issue) ---------------------------------------------
+def test_pdf_or_text_renamed_jpg_on_disk_is_refused(tmp_path) -> None:
+    for name, data in (("scan.jpg", b"%PDF-1.7\n%\xe2\xe3\n1 0 obj<<>>endobj\n"), ("notes.jpg", b"just text")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(InvalidImageError, match="not an image"):
+            decode_image(path)
+
+
+def test_corrupt_jpeg_body_is_refused_or_decoded_never_crashes() -> None:
+    data = bytearray(_encode(_photo((200, 150)), "JPEG"))
+    data[600:700] = b"\xff" * 100  # garbage inside the entropy-coded data
+    try:
+        assert decode_image(bytes(data)).mode == "RGB"  # libjpeg may recover: then it is a photo
+    except InvalidImageError as exc:
+        assert str(exc)
+
+
+def test_sixteen_bit_png_becomes_rgb_with_the_right_brightness() -> None:
+    grey = np.full((40, 50), 40_000, dtype=np.uint16)  # 16-bit: 40000/65535 ≈ 61 % grey
+    decoded = decode_image(_encode(Image.fromarray(grey), "PNG"))
+    assert decoded.mode == "RGB" and decoded.size == (50, 40)
+    assert abs(decoded.getpixel((10, 10))[0] - 40_000 // 256) <= 1
+
+
+def test_transparent_pixels_go_onto_white() -> None:
+    image = Image.new("RGBA", (32, 32), (255, 0, 0, 0))  # fully transparent red
+    assert decode_image(_encode(image, "PNG")).getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_animated_webp_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    decoded = decode_image(buffer.getvalue())
+    assert Image.open(io.BytesIO(buffer.getvalue())).n_frames == 2
+    red, _, blue = decoded.getpixel((5, 5))
+    assert red > 200 and blue < 50
+
+
+@pytest.mark.parametrize("brand", [b"heic", b"mif1"])
+def test_heic_is_explained_not_called_garbage(brand: bytes) -> None:
+    data = b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    with pytest.raises(InvalidImageError, match="HEIC") as info:
+        decode_image(data)
+    assert "JPEG" in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP", "GIF"])
+def test_large_images_without_a_reduced_decode_are_refused_before_reading(fmt: str) -> None:
+    data = _encode(Image.new("RGB", (1200, 900), (10, 80, 120)), fmt)
+    limits = ImageLimits(max_full_decode_pixels=1_000_000)
+    with pytest.raises(InvalidImageError, match="only JPEG can be reduced"):
+        decode_image(data, limits)
+    assert decode_image(data).size == (1200, 900)  # under the default limit it decodes
+
+
+_RSS_SCRIPT = r"""
+import resource, sys
+from whales_identify.errors import InvalidImageError
+from whales_identify.imaging import decode_image
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    image = decode_image(data)
+    outcome = "decoded %dx%d" % image.size
+except InvalidImageError as exc:
+    outcome = "refused: %s" % exc
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024, outcome)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_100_megapixel_photo_costs_bounded_memory(tmp_path, fmt: str) -> None:
+    """Peak RSS growth of the decode, measured in a fresh process: a full RGB decode would take 300 MB."""
+    import subprocess
+    import sys
+
+    size = (11_600, 8_700)  # 100.9 MP
+    path = tmp_path / f"big.{fmt.lower()}"
+    options = {"quality": 70} if fmt == "JPEG" else {"compress_level": 1}
+    make = (
+        f"import sys; from PIL import Image, ImageDraw; im = Image.new('RGB', {size!r}, (20, 90, 140)); "
+        "ImageDraw.Draw(im).ellipse((2000, 2000, 9000, 6000), fill=(200, 200, 210)); "
+        f"im.save(sys.argv[1], {fmt!r}, **{options!r})"
+    )
+    subprocess.run([sys.executable, "-c", make, str(path)], check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(path)], check=True, capture_output=True, text=True, timeout=120
+    ).stdout.split(maxsplit=1)
+    growth_mb, outcome = int(out[0]), out[1]
+    if fmt == "JPEG":
+        assert outcome.startswith("decoded") and max(map(int, outcome.split()[1].split("x"))) <= 1280
+    else:
+        assert "only JPEG can be reduced" in outcome
+    assert growth_mb < 80, f"{fmt}: peak RSS grew {growth_mb} MB ({outcome})"
+
+
+# --- more hostile ZIPs -----------------------------------------------------------------------------------
+def test_encrypted_member_is_skipped_with_a_reason() -> None:
+    jpeg = _encode(_photo(), "JPEG")
+    raw = bytearray(_zip({"secret.jpg": jpeg, "plain.jpg": jpeg}).getvalue())
+    # Set the "encrypted" flag bit of the first member, as a password-protected ZIP does
+    # (zipfile cannot write encrypted members): in its local header and its directory entry.
+    raw[6] |= 0x1
+    raw[raw.index(b"PK\x01\x02") + 8] |= 0x1
+    by_name = {e.name: e for e in iter_zip(io.BytesIO(bytes(raw)))}
+    assert "encrypted" in by_name["secret.jpg"].skipped and by_name["plain.jpg"].ok
+
+
+def test_symlink_member_is_skipped_not_followed() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        info = zipfile.ZipInfo("link.jpg")
+        info.external_attr = (0o120777 << 16)  # S_IFLNK: a symbolic link, as `zip -y` stores one
+        archive.writestr(info, "/etc/passwd")
+    buffer.seek(0)
+    (entry,) = iter_zip(buffer)
+    assert entry.data is None and "symbolic link" in entry.skipped
+
+
+@pytest.mark.parametrize("name", ["/etc/photo.jpg", "a/../../photo.jpg", "..\\photo.jpg", "C:/photo.jpg"])
+def test_absolute_and_parent_paths_are_skipped(name: str) -> None:
+    (entry,) = iter_zip(_zip({name: _encode(_photo(), "JPEG")}))
+    assert entry.data is None and "unsafe path" in entry.skipped
+
+
+def test_nested_zip_hidden_files_and_folders_only() -> None:
+    inner = _zip({"x.jpg": _encode(_photo(), "JPEG")}).getvalue()
+    entries = list(iter_zip(_zip({"deep/inner.ZIP": inner, "a/.DS_Store": b"x", "a/._x.jpg": b"x", "empty/": b""})))
+    assert [(e.name, e.ok) for e in entries] == [("deep/inner.ZIP", False)]
+
+
+def test_per_member_size_limit_is_checked_from_the_directory() -> None:
+    jpeg = _encode(_photo((400, 300)), "JPEG")
+    entries = list(iter_zip(_zip({"big.jpg": jpeg, "ok.jpg": jpeg[:100]}), ArchiveLimits(max_member_uncompressed=1000)))
+    by_name = {e.name: e for e in entries}
+    assert "over the per-photo limit" in by_name["big.jpg"].skipped and by_name["ok.jpg"].ok
+
+
+def test_one_bomb_member_below_the_total_limit_is_skipped() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb.jpg", b"\0" * (5 * 1024 * 1024))  # 5 MB: under the whole-ZIP check
+        archive.writestr("ok.jpg", _encode(_photo(), "JPEG"))
+    buffer.seek(0)
+    by_name = {e.name: e for e in iter_zip(buffer)}
+    assert "suspiciously well" in by_name["bomb.jpg"].skipped and by_name["ok.jpg"].ok
+
+
+def test_a_member_larger_than_its_header_says_is_never_read_past_the_limit() -> None:
+    """The directory claims 100 bytes; the stream holds 3 MB. Reading stops at the claim (CRC fails): skipped."""
+    payload = bytes(range(256)) * (3 * 4096)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("liar.jpg", payload)
+    raw = buffer.getvalue()
+    real = len(payload).to_bytes(4, "little")
+    assert raw.count(real) == 2  # local header and central directory
+    lying = io.BytesIO(raw.replace(real, (100).to_bytes(4, "little")))
+    (entry,) = iter_zip(lying, ArchiveLimits(max_member_uncompressed=1000))
+    assert entry.data is None and entry.skipped
+
+
+def test_the_same_name_in_two_folders_keeps_both_paths() -> None:
+    jpeg_a, jpeg_b = _encode(_photo(), "JPEG"), _encode(_photo((50, 40)), "JPEG")
+    entries = list(iter_zip(_zip({"2024/fin.jpg": jpeg_a, "2025/fin.jpg": jpeg_b})))
+    assert [e.name for e in entries] == ["2024/fin.jpg", "2025/fin.jpg"]
+    assert entries[0].data == jpeg_a and entries[1].data == jpeg_b
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "directory_garbage"])
+def test_damaged_zip_directory_is_a_typed_error(damage: str) -> None:
+    raw = _zip({"a.jpg": _encode(_photo(), "JPEG")}).getvalue()
+    if damage == "truncated":
+        data = raw[: len(raw) // 2]
+    elif damage == "empty":
+        data = b""
+    else:
+        cd = raw.rindex(b"PK\x01\x02")
+        data = raw[: cd + 10] + b"\xff" * 20 + raw[cd + 30 :]
+    try:
+        entries = list(iter_zip(io.BytesIO(data)))
+    except InvalidArchiveError as exc:
+        assert str(exc)
+    else:
+        assert all(e.ok or e.skipped for e in entries)
+
+
+def test_member_with_an_empty_name_is_skipped_not_a_crash() -> None:
+    """Found by tests/test_fuzz.py: zipfile's ``is_dir()`` raises IndexError on an empty member name."""
+    raw = bytearray(_zip({"a.jpg": _encode(_photo(), "JPEG")}).getvalue())
+    cd = raw.index(b"PK\x01\x02")
+    raw[cd + 28 : cd + 30] = b"\x00\x00"  # directory entry: name length 0
+    del raw[cd + 46 : cd + 51]  # and the name itself
+    raw[-10:-6] = (int.from_bytes(raw[-10:-6], "little") - 5).to_bytes(4, "little")  # directory size
+    entries = list(iter_zip(io.BytesIO(bytes(raw))))
+    assert len(entries) == 1 and not entries[0].ok and entries[0].skipped
+
+
+def test_a_corrupt_lzma_member_is_skipped_and_the_others_read() -> None:
+    """Found by tests/test_fuzz.py: a damaged LZMA stream raised LZMAError out of iter_zip."""
+    jpeg = _encode(_photo((120, 90)), "JPEG")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("broken.jpg", jpeg, compress_type=zipfile.ZIP_LZMA)
+        archive.writestr("fine.jpg", jpeg)
+    raw = bytearray(buffer.getvalue())
+    start = 30 + len("broken.jpg") + 4  # past the local header and the LZMA properties header
+    raw[start : start + 40] = bytes(40)
+    by_name = {e.name: e for e in iter_zip(io.BytesIO(bytes(raw)))}
+    assert not by_name["broken.jpg"].ok and "cannot be read" in by_name["broken.jpg"].skipped
+    assert by_name["fine.jpg"].data == jpeg
+
+
+def test_a_long_thin_strip_is_refused_after_reduction() -> None:
+    """Found by tests/test_fuzz.py: 4000×40 passed the size check, then became 1280×12 once reduced."""
+    with pytest.raises(InvalidImageError, match="once reduced"):
+        decode_image(_encode(Image.new("RGB", (4000, 40), (0, 90, 150)), "PNG"))

@@ -8,8 +8,11 @@ without ever writing to disk. Members are streamed, so memory stays bounded.
 
 from __future__ import annotations
 
+import lzma
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,6 +22,11 @@ from .config import ArchiveLimits
 from .errors import InvalidArchiveError
 
 LIMITS = ArchiveLimits()
+# What a damaged or hostile ZIP can make the standard library raise (besides BadZipFile).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error, zlib.error, lzma.LZMAError,
+    RuntimeError, NotImplementedError, UnicodeDecodeError, OverflowError, IndexError, KeyError,
+)
 
 
 @dataclass(frozen=True)
@@ -59,11 +67,14 @@ def open_zip(source: str | Path | BinaryIO) -> zipfile.ZipFile:
         raise InvalidArchiveError("this is not a ZIP file (or it is damaged)") from exc
     except OSError as exc:
         raise InvalidArchiveError(f"cannot read the ZIP: {exc}") from exc
+    except _ZIP_ERRORS as exc:
+        raise InvalidArchiveError(f"the ZIP's directory is damaged ({type(exc).__name__}: {exc})") from exc
 
 
 def check_zip(archive: zipfile.ZipFile, limits: ArchiveLimits = LIMITS) -> list[zipfile.ZipInfo]:
     """The file members, after checking the whole directory against the limits."""
-    members = [info for info in archive.infolist() if not info.is_dir()]
+    # (not ``info.is_dir()``: it fails on a member with an empty name, which a hostile ZIP can hold)
+    members = [info for info in archive.infolist() if not info.filename.endswith("/")]
     if len(members) > limits.max_members:
         raise InvalidArchiveError(f"the ZIP holds {len(members):,} files; the limit is {limits.max_members:,}")
     total = sum(info.file_size for info in members)
@@ -103,10 +114,14 @@ def iter_zip(source: str | Path | BinaryIO, limits: ArchiveLimits = LIMITS) -> I
                 yield ArchiveEntry(name, None, "compressed suspiciously well (a bomb?); skipped")
             else:
                 try:
+                    # Never more than the per-photo limit + 1 byte, whatever the header claims.
                     with archive.open(info) as handle:
                         data = handle.read(limits.max_member_uncompressed + 1)
-                except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+                except _ZIP_ERRORS as exc:
                     yield ArchiveEntry(name, None, f"cannot be read from the ZIP ({exc})")
+                    continue
+                except Exception as exc:  # one damaged member never stops the others
+                    yield ArchiveEntry(name, None, f"cannot be read from the ZIP ({type(exc).__name__}: {exc})")
                     continue
                 if len(data) > limits.max_member_uncompressed:
                     yield ArchiveEntry(name, None, "larger than its header says; skipped")

@@ -122,6 +122,9 @@ class ImageLimits:
 
     max_file_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 120_000_000  # beyond this Pillow treats the file as a bomb
+    # Formats other than JPEG cannot be reduced while decoding: above this they are refused
+    # before any pixel is read (a 60 MP RGB PNG would take 180 MB for the pixels alone).
+    max_full_decode_pixels: int = 60_000_000
     decode_long_side: int = 1280  # images are reduced to this while decoding
     min_side: int = 16
 

@@ -85,6 +85,18 @@ class Identifier:
             gallery = Gallery.empty(model.config.embedding_dim)
         else:
             gallery = Gallery.load(catalogue)
+        # Embeddings of another model live in another space: comparing them would give confident nonsense.
+        version = str(meta.get("model_version", ""))
+        if len(gallery) and gallery.model_version and version and gallery.model_version != version:
+            from .errors import ModelLoadError  # local: this method is the only user
+
+            where = "the catalogue given" if isinstance(catalogue, Gallery) else Path(catalogue).name
+            raise ModelLoadError(
+                f"{where} was built with model version {gallery.model_version}, but the checkpoint "
+                f"{Path(checkpoint).name} is model version {version}: their embeddings cannot be compared. "
+                "Use the catalogue that came with this checkpoint, or rebuild it with "
+                "`python -m whales_identify bundle --checkpoint CHECKPOINT`."
+            )
         config = (
             inference_config
             if isinstance(inference_config, InferenceConfig)

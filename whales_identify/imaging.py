@@ -1,13 +1,17 @@
 """Safe photo decoding: any bytes in, an RGB image or an InvalidImageError out.
 
-Large photos are reduced while decoding (JPEG draft mode) so a 40-megapixel
-file costs little memory; EXIF orientation is applied before anything looks at
-the pixels; Pillow's decompression-bomb limit is set on purpose.
+Large photos are reduced while decoding (JPEG draft mode) so a 100-megapixel
+JPEG costs little memory; formats without a reduced decode (PNG, TIFF, WebP, …)
+are refused above ``ImageLimits.max_full_decode_pixels`` before any pixel is
+read; EXIF orientation is applied before anything looks at the pixels;
+Pillow's decompression-bomb limit is set on purpose. Whatever the bytes, only
+``InvalidImageError`` comes out.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -44,6 +48,14 @@ def read_bytes(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> byte
     return data
 
 
+# ISO base-media brands of HEIC/HEIF/AVIF photos (iPhones save HEIC by default).
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+
+
+def _is_heif(data: bytes) -> bool:
+    return len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
 def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> Image.Image:
     """Decode to an upright RGB image whose long side is at most ``decode_long_side``."""
     data = read_bytes(source, limits)
@@ -61,25 +73,44 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> Im
                 )
             if image.format == "JPEG":
                 image.draft("RGB", (limits.decode_long_side, limits.decode_long_side))
+            elif width * height > limits.max_full_decode_pixels:
+                # No reduced decode for this format: reading it would cost the full size in memory.
+                raise InvalidImageError(
+                    f"the {image.format or 'image'} is {width}×{height} pixels ({width * height / 1e6:.0f} MP); "
+                    f"above {limits.max_full_decode_pixels / 1e6:.0f} MP only JPEG can be reduced while decoding "
+                    "— save it as a JPEG or make it smaller"
+                )
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)  # animated GIF/WebP: the first frame
             image.load()
             image = ImageOps.exif_transpose(image)
             image = _to_rgb(image)
+            upright = image.size
+            if max(image.size) > limits.decode_long_side:
+                image.thumbnail((limits.decode_long_side, limits.decode_long_side), Image.Resampling.BILINEAR)
+            if min(image.size) < limits.min_side:  # checked after the reduction: a long thin strip fails too
+                reduced = "" if image.size == upright else f", {image.width}×{image.height} once reduced"
+                raise InvalidImageError(
+                    f"the image is {upright[0]}×{upright[1]} pixels{reduced}; "
+                    f"at least {limits.min_side} px a side are needed"
+                )
     except InvalidImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImageError(f"refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
+        if _is_heif(data):
+            raise InvalidImageError(
+                "this is a HEIC/HEIF photo (the iPhone default), which cannot be read here without an extra "
+                "codec; export it as JPEG (iPhone: Settings › Camera › Formats › Most Compatible) and try again"
+            ) from exc
         raise InvalidImageError("not an image file Pillow can read (JPEG, PNG, WebP, TIFF, BMP, GIF)") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except MemoryError as exc:
+        raise InvalidImageError("the image is too large to decode in the memory available") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError) as exc:
         raise InvalidImageError(f"the image is corrupt or truncated ({exc})") from exc
-    if min(image.size) < limits.min_side:
-        raise InvalidImageError(
-            f"the image is {image.width}×{image.height} pixels; at least {limits.min_side} px a side are needed"
-        )
-    if max(image.size) > limits.decode_long_side:
-        image.thumbnail((limits.decode_long_side, limits.decode_long_side), Image.Resampling.BILINEAR)
+    except Exception as exc:  # any other decoder failure on hostile bytes is still a bad file, not a crash
+        raise InvalidImageError(f"the image could not be decoded ({type(exc).__name__}: {exc})") from exc
     return image
 
 
@@ -89,8 +120,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.point(lambda v: v / 256).convert("L")
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")

@@ -1,0 +1,210 @@
+"""Faults and hostile conditions: a crash mid-enrolment, a mismatched catalogue, a page that fails,
+thousands of photos in bounded memory, concurrent sessions on one model.
+
+All on the real product (the bundled model, the real SQLite catalogue, the real app); only the
+inputs are generated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from whales_identify.archive import ArchiveEntry
+from whales_identify.batch import identify_entries
+from whales_identify.catalog import Catalog
+from whales_identify.config import DEFAULT_CATALOGUE, DEFAULT_CHECKPOINT
+from whales_identify.errors import ModelLoadError
+from whales_identify.gallery import Gallery
+from whales_identify.identify import Identifier
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (32, 32)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+# --- the catalogue survives a crash in the middle of an enrolment ---------------------------------------
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from whales_identify.catalog import Catalog, NewImage
+
+    def record(i):
+        v = np.ones(48, np.float32) / np.sqrt(48)
+        crop = bytes([i % 256]) * 400_000  # big rows: the open transaction spills pages into the WAL
+        return NewImage(f"K{i}", "humpback_whale", f"{i:064x}", b"thumb", crop, v, "v1", new=True,
+                        source_name=f"{i}.jpg")
+
+    class StallsMidWrite(list):
+        # add_images walks the batch twice (rule check, then the inserts): stall inside the inserts.
+        passes = 0
+        def __iter__(self):
+            StallsMidWrite.passes += 1
+            for n, item in enumerate(list.__iter__(self)):
+                if StallsMidWrite.passes == 2 and n == 12:
+                    print("MID-TRANSACTION", flush=True)
+                    time.sleep(600)
+                yield item
+
+    catalog = Catalog(sys.argv[1], model_version="v1", actor="doomed")
+    catalog.add_images([record(i) for i in range(5)])  # committed
+    print("COMMITTED", flush=True)
+    catalog.add_images(StallsMidWrite(record(i) for i in range(5, 30)))
+    """
+)
+
+
+def test_sigkill_mid_enrolment_leaves_a_consistent_catalogue(tmp_path: Path) -> None:
+    path = tmp_path / "crash.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert child.stdout.readline().strip() == "COMMITTED"
+        assert child.stdout.readline().strip() == "MID-TRANSACTION"
+        wal = path.with_name(path.name + "-wal")
+        assert wal.exists() and wal.stat().st_size > 1_000_000, "the open transaction had reached the WAL"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with Catalog(path, model_version="v1") as catalog:
+        stats = catalog.stats()
+        assert (stats["individuals"], stats["images"]) == (5, 5)  # the committed batch, nothing of the other
+        assert len(catalog.audit_log()) == 5
+        assert sorted(catalog.individuals(include_bundled=False)["id"]) == [f"K{i}" for i in range(5)]
+        # the lock died with the process: the next writer is not blocked
+        from whales_identify.catalog import NewImage
+
+        v = np.ones(48, np.float32) / np.sqrt(48)
+        catalog.add_images([NewImage("AFTER", "beluga", "f" * 64, b"t", b"c", v, "v1", new=True)])
+        assert catalog.stats()["images"] == 6
+
+
+# --- a catalogue made by another model is refused with an explanation -----------------------------------
+def test_bundled_catalogue_from_another_model_version_is_explained(tmp_path: Path) -> None:
+    bundled = Gallery.load(DEFAULT_CATALOGUE)
+    assert bundled.model_version, "the bundled catalogue records the model version that made it"
+    foreign = Gallery(bundled.embeddings, bundled.individual_ids, bundled.species, bundled.image_names,
+                      bundled.thumbnails, "0123456789ab")
+    foreign.save(tmp_path / "old_catalogue.npz")
+    with pytest.raises(ModelLoadError) as info:
+        Identifier.load(DEFAULT_CHECKPOINT, catalogue=tmp_path / "old_catalogue.npz")
+    message = str(info.value)
+    assert "old_catalogue.npz" in message and "0123456789ab" in message and bundled.model_version in message
+    assert "bundle" in message
+    with pytest.raises(ModelLoadError, match="model version"):
+        Identifier.load(DEFAULT_CHECKPOINT, catalogue=foreign)
+    # the matching pair, and no catalogue at all, still load
+    assert Identifier.load(DEFAULT_CHECKPOINT, catalogue=None).model_version == bundled.model_version
+
+
+# --- batches stream: never more than one batch of photos in flight --------------------------------------
+def test_batch_streams_with_at_most_one_batch_in_flight(identifier: Identifier) -> None:
+    n_photos, batch_size = 192, 16
+    state = {"made": 0, "done": 0, "peak": 0}
+
+    def entries():
+        for i in range(n_photos):
+            if i % 50 == 3:
+                yield ArchiveEntry(f"notes{i}.txt", None, "not a photo (by its extension); skipped")
+            if i % 61 == 5:
+                state["made"] += 1
+                yield ArchiveEntry(f"broken{i}.jpg", b"\xff\xd8 not really a jpeg")
+                continue
+            state["made"] += 1  # bytes made on demand, as iter_zip reads members
+            state["peak"] = max(state["peak"], state["made"] - state["done"])
+            yield ArchiveEntry(f"p{i:04d}.jpg", _jpeg(i))
+
+    statuses: dict[str, int] = {}
+    names = []
+    for row in identify_entries(identifier, entries(), batch_size=batch_size):
+        statuses[row.status] = statuses.get(row.status, 0) + 1
+        if row.status != "skipped":
+            state["done"] += 1
+            names.append(row.file)
+    assert state["peak"] <= batch_size, f"{state['peak']} photos alive at once"
+    assert statuses == {"ok": n_photos - 4, "error": 4, "skipped": 4}
+    assert len(names) == len(set(names)) == n_photos
+
+
+# --- one model, many sessions: concurrent answers equal sequential ones ---------------------------------
+def _summary(result) -> tuple:
+    return (
+        result.species,
+        round(result.species_probability, 4),
+        result.answer,
+        tuple((c.individual_id, round(c.probability, 4)) for c in result.top5),
+        result.rejected,
+    )
+
+
+def test_concurrent_identification_gives_the_sequential_answers(identifier: Identifier) -> None:
+    photos = sorted(DATA.glob("*.jpg"))
+    assert len(photos) >= 5
+    expected = {p.name: _summary(identifier.identify(p)) for p in photos}
+    jobs = [photos[(i * 3) % len(photos)] for i in range(24)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda p: (p.name, _summary(identifier.identify(p.read_bytes()))), jobs))
+    for name, summary in got:
+        assert summary == expected[name], name
+    # batches from two threads at once agree too
+    sources = [(p.name, p.read_bytes()) for p in photos]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(lambda _: dict(identifier.identify_many(sources, batch_size=4)), range(2)))
+    for run in runs:
+        for name, result in run.items():
+            assert _summary(result)[:3] == expected[name][:3]
+            assert np.allclose([c.probability for c in result.top5], [p for _, p in expected[name][3]], atol=2e-3)
+
+
+# --- the app: a failing page does not break the session --------------------------------------------------
+def test_a_failing_page_leaves_the_other_pages_working(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WHALES_ID_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(str(ROOT / "app" / "streamlit_app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Catalog, "individuals", broken)
+        at.switch_page("pages/catalogue.py").run()
+        assert not at.exception
+        errors = [e.value for e in at.error]
+        assert errors and "Something went wrong" in errors[0] and "secret internal detail" not in errors[0]
+
+    at.switch_page("pages/identify.py").run()
+    photo = sorted(DATA.glob("*.jpg"))[0]
+    at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.get("vega_lite_chart"), "the identify page still identifies"
+    at.switch_page("pages/catalogue.py").run()  # and the failed page recovers once its fault is gone
+    assert not at.exception and not at.error, [e.value for e in at.error]
