@@ -108,8 +108,8 @@ def analyse_photo(identifier: Identifier, name: str, data: bytes) -> PhotoResult
     out = PhotoResult(name=name, key=digest(data), data=data, metadata=read_metadata(data))
     start = time.perf_counter()
     try:
-        out.image = identifier.prepare(data)
-        out.result = identifier.decide(identifier.forward([out.image])[0])
+        out.image = identifier.prepare(data)  # display size: the mask and the overlay
+        out.result = identifier.identify(data)  # decodes again, straight to the network's size
     except WhaleIdError as exc:
         out.error = str(exc)
         return out

@@ -1,15 +1,21 @@
-"""CPU speed and memory of the bundled model: load, one photo end to end, batches.
+"""CPU speed and memory of the bundled model: load, one photo end to end without and with the mask.
 
-    python benchmarks/bench_speed.py [--photos DIR] [--out benchmarks/results/speed.json]
+    python benchmarks/bench_speed.py [--repeats 60] [--out benchmarks/results/speed.json]
 
 One photo end to end = decode the file → resize → embed → search the bundled
-catalogue → species; measured on the sample photos in tests/data (JPEG).
+catalogue → species (``Identifier.identify``), for both engines, on two kinds
+of photo: the sample photos in tests/data (JPEG, up to 480 px) and a 12 MP
+phone-sized JPEG (4000×3000, made from a sample so nothing outside the repo is
+needed). With the mask = what the app's Identify page does for a 1024 px photo:
+decode at display size, identify, and the u2netp animal mask. Batch throughput
+is bench_batch.py; catalogue search at 1k–1M photos is bench_search.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -18,23 +24,27 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from whales_identify.config import REPO_DIR
 from whales_identify.identify import Identifier
+from whales_identify.mask import Masker
 
 COLD_START = """
 import time
 t0 = time.perf_counter()
 from whales_identify.identify import Identifier
 t1 = time.perf_counter()
-Identifier.load()
-print(round(t1 - t0, 3), round(time.perf_counter() - t1, 3))
+identifier = Identifier.load()
+print(round(t1 - t0, 3), round(time.perf_counter() - t1, 3), identifier.engine.name)
 """
+PHONE_SIZE = (4000, 3000)
+MASK_PHOTO_SIDE = 1024
 
 
 def rss_mb() -> float:
@@ -45,61 +55,80 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def timed(run: Callable[[int], object], repeats: int) -> dict[str, float]:
+    """Median and p95 in ms of ``run(i)`` after three warm-up calls."""
+    for i in range(3):
+        run(i)
+    times = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        run(i)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {"median_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1)}
+
+
+def jpeg(image: Image.Image, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    image.resize(size, Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--photos", default=str(REPO_DIR / "tests" / "data"))
-    parser.add_argument("--repeats", type=int, default=40)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--out", default="benchmarks/results/speed.json")
     args = parser.parse_args()
 
-    cold = subprocess.run(
+    imports_s, load_s, engine = subprocess.run(
         [sys.executable, "-c", COLD_START], capture_output=True, text=True, check=True, cwd=REPO_DIR
     ).stdout.split()
-    started = time.perf_counter()
+    photos = sorted((REPO_DIR / "tests" / "data").glob("*.jpg"))
+    samples = [p.read_bytes() for p in photos]
+    first = Image.open(photos[0]).convert("RGB")
+    phone = jpeg(first, PHONE_SIZE)
+    width, height = first.size
+    display = jpeg(first, (MASK_PHOTO_SIDE, round(height * MASK_PHOTO_SIDE / width)))
+
+    engines = {}
+    for name in ("onnx", "torch"):
+        identifier = Identifier.load(engine=name)
+        engines[name] = {
+            "samples": timed(lambda i: identifier.identify(samples[i % len(samples)]), args.repeats),  # noqa: B023
+            "phone_12mp": timed(lambda i: identifier.identify(phone), args.repeats // 2),  # noqa: B023
+        }
+        print(f"{name:<6} one photo: samples median {engines[name]['samples']['median_ms']} ms"
+              f" (p95 {engines[name]['samples']['p95_ms']}), 12 MP JPEG median "
+              f"{engines[name]['phone_12mp']['median_ms']} ms (p95 {engines[name]['phone_12mp']['p95_ms']})")
+
     identifier = Identifier.load()
-    load_s = time.perf_counter() - started
-    photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    data = [p.read_bytes() for p in photos]
-    for blob in data[:3]:
-        identifier.identify(blob)  # warm-up
+    masker = Masker()
 
-    single = []
-    for i in range(args.repeats):
-        blob = data[i % len(data)]
-        t = time.perf_counter()
-        identifier.identify(blob)
-        single.append((time.perf_counter() - t) * 1000)
+    def with_mask(_: int) -> None:
+        image = identifier.prepare(display)  # display size, as the app keeps it
+        identifier.identify(display)
+        masker.mask(image)
 
-    images = [identifier.prepare(b) for b in data]
-    batch = (images * (64 // len(images) + 1))[:64]
-    t = time.perf_counter()
-    outputs = [o for i in range(0, 64, 16) for o in identifier.forward(batch[i : i + 16])]  # as identify_many
-    forward_s = time.perf_counter() - t
-    t = time.perf_counter()
-    results = list(identifier.identify_many(((str(i), b) for i, b in enumerate((data * (64 // len(data) + 1))[:64]))))
-    batch_s = time.perf_counter() - t
-    assert len(outputs) == len(results) == 64
+    masked = timed(with_mask, max(10, args.repeats // 4))
+    print(f"with the mask (1024 px photo): median {masked['median_ms']} ms (p95 {masked['p95_ms']})")
 
     result = {
         "date": dt.date.today().isoformat(),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
         "command": "python benchmarks/bench_speed.py",
-        "cold_start_imports_s": float(cold[0]),
-        "cold_start_model_load_s": float(cold[1]),
-        "model_load_s": round(load_s, 3),
-        "single_photo_ms_median": round(statistics.median(single), 1),
-        "single_photo_ms_p95": round(sorted(single)[int(0.95 * (len(single) - 1))], 1),
-        "batch_photos_per_s_end_to_end": round(64 / batch_s, 1),
-        "batch_photos_per_s_forward_only_batches_of_16": round(64 / forward_s, 1),
+        "cold_start_imports_s": float(imports_s),
+        "cold_start_model_load_s": float(load_s),
+        "default_engine": engine,
+        "one_photo_without_mask": engines,
+        "one_photo_with_mask_1024px": masked,
         "catalogue_images": len(identifier.gallery),
-        "rss_mb_after_load_and_runs": round(rss_mb(), 0),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+        "rss_mb_after_load_and_runs": round(rss_mb()),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "note": "peak RSS includes both engines and the mask model loaded in one process",
     }
-    for key, value in result.items():
-        print(f"{key:<34} {value}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ class FakeEmbedder:
         self.calls = 0
         self.gallery = None
 
-    def prepare(self, source: bytes) -> Image.Image:
-        return decode_image(source)
+    def prepare(self, source: bytes, long_side: int | None = None) -> Image.Image:
+        return decode_image(source, long_side=long_side)
 
     def forward(self, images: list[Image.Image]) -> list[_Output]:
         self.calls += 1

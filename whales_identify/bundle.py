@@ -20,6 +20,7 @@ import yaml
 
 from .config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig
 from .data import load_dataset
+from .engines import export_onnx, onnx_path_for
 from .evaluate import embed_files, gallery_from_outputs
 from .gallery import Gallery, thumbnail_jpeg
 from .identify import Identifier, ModelOutput
@@ -183,7 +184,9 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
     target = models_dir / "whale_id.pt"
     if paths.checkpoint.resolve() != target.resolve():
         shutil.copyfile(paths.checkpoint, target)
-    catalogue.model_version = Identifier.load(target, catalogue=None).model_version
+    shipped = Identifier.load(target, catalogue=None, engine="torch")
+    catalogue.model_version = shipped.model_version
+    export_onnx(shipped.model, onnx_path_for(target), shipped.model_version)  # the fast path, same network
     catalogue.save(models_dir / "catalogue.npz")
     tuned.save(models_dir / "inference.yaml")
     species_map = {str(k): str(v) for k, v in sorted(catalogue.individual_species.items())}

@@ -110,10 +110,28 @@ class InferenceConfig:
 
 @dataclass
 class SpeedConfig:
-    """CPU threading. Measured on 2 cores: one photo's forward pass takes 27 ms on one
-    thread and 45 ms on two (thread hand-off costs more than it saves at batch size 1)."""
+    """How the forward pass uses this CPU. Measured on 2 cores (docs/SPEED.md): PyTorch runs one
+    photo fastest on one thread (27 ms; 45 ms on two); ONNX Runtime runs one photo in about 8 ms on
+    two threads, and batches fastest as two single-threaded workers side by side on small chunks."""
 
-    single_photo_threads: int = 1
+    engine: str = "auto"  # auto (ONNX Runtime when its export matches the checkpoint), onnx, torch
+    single_photo_threads: int = 1  # PyTorch, one photo
+    onnx_threads: int = 2  # ONNX Runtime, one photo
+    batch_workers: int = 2  # photos decoded and run in parallel by this many threads
+    batch_chunk: int = 4  # photos per forward pass in the batch pipeline
+    # A photo being identified is decoded straight to about this long side (JPEG draft mode): a 12 MP
+    # phone JPEG decodes in 13 ms instead of 54 ms. Held-out accuracy (bench_accuracy) was unchanged
+    # at 640 and 896 px and lost 2 of 43 Happywhale-style top-1 answers at 448 px.
+    identify_long_side: int = 640
+
+    @classmethod
+    def from_env(cls) -> SpeedConfig:
+        """``WHALE_ID_ENGINE`` picks the engine (e.g. ``torch`` to compare with the reference)."""
+        import os
+
+        speed = cls()
+        speed.engine = os.environ.get("WHALE_ID_ENGINE", speed.engine)
+        return speed
 
 
 @dataclass

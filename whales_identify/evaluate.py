@@ -86,7 +86,7 @@ def embed_files(
 
     for index, path in enumerate(paths):
         try:
-            ready.append((index, identifier.prepare(path)))
+            ready.append((index, identifier.prepare_input(path)))
         except WhaleIdError as exc:
             outputs[index] = exc
         if len(ready) == batch_size:

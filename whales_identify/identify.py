@@ -5,14 +5,14 @@ The one entry point every front end uses (CLI, app, benchmarks, evaluation).
 
 from __future__ import annotations
 
-import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .checkpoint import load_checkpoint
@@ -25,20 +25,30 @@ from .config import (
     InferenceConfig,
     SpeedConfig,
 )
+from .cpu import single_threaded_blas
+from .engines import Engine, TorchEngine, choose_engine, onnx_path_for
 from .errors import WhaleIdError
 from .gallery import Gallery
 from .imaging import decode_image
 from .model import WhaleNet
-from .preprocess import to_tensor
+from .preprocess import to_array
 from .results import Candidate, Identification
 
 ImageSource = bytes | str | Path | Image.Image
-SPEED = SpeedConfig()
+CHUNKS_AHEAD_PER_WORKER = 2  # queued chunks per batch worker: enough to keep it busy, few enough to bound memory
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
     return shifted / shifted.sum()
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, best first (a partition, not a full sort: 200k individuals)."""
+    if len(scores) <= k:
+        return np.argsort(-scores, kind="stable")
+    best = np.argpartition(-scores, k - 1)[:k]
+    return best[np.argsort(-scores[best], kind="stable")]
 
 
 @dataclass
@@ -52,20 +62,29 @@ class ModelOutput:
 class Identifier:
     """A loaded model, a gallery and the tuned decision rules.
 
-    Thread-safe: Streamlit sessions share one instance; the forward pass is
-    serialised by a lock, everything else is pure numpy.
+    Thread-safe: Streamlit sessions share one instance; the engines are safe to
+    call from several threads, everything else is pure numpy.
     """
 
-    def __init__(self, model: WhaleNet, meta: dict[str, Any], gallery: Gallery, config: InferenceConfig) -> None:
-        self.model = model.eval().to(memory_format=torch.channels_last)
+    def __init__(
+        self,
+        model: WhaleNet,
+        meta: dict[str, Any],
+        gallery: Gallery,
+        config: InferenceConfig,
+        engine: Engine | None = None,
+        speed: SpeedConfig | None = None,
+    ) -> None:
+        self.model = model.eval()
         self.meta = meta
         self.config = config
+        self.speed = speed or SpeedConfig()
+        self.engine: Engine = engine or TorchEngine(model)
         self.species_names: list[str] = list(meta["species"])
         self._non_cetacean = self.species_names.index(NON_CETACEAN) if NON_CETACEAN in self.species_names else -1
         # ArcFace centres: one prototype per training individual (best sub-centre at query time).
         self._prototypes = model.arcface.prototypes().detach().numpy()
         self._prototype_index = {name: i for i, name in enumerate(meta["individuals"])}
-        self._lock = threading.Lock()
         self.gallery = gallery
         self.set_gallery(gallery)
 
@@ -76,8 +95,10 @@ class Identifier:
         checkpoint: Path | str = DEFAULT_CHECKPOINT,
         catalogue: Path | str | Gallery | None = DEFAULT_CATALOGUE,
         inference_config: Path | str | InferenceConfig = DEFAULT_INFERENCE_CONFIG,
+        engine: str | None = None,
     ) -> Identifier:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        """``engine``: ``auto`` (default; ``WHALE_ID_ENGINE`` overrides), ``onnx`` or ``torch``."""
+        speed = SpeedConfig.from_env()
         model, meta = load_checkpoint(checkpoint)
         if isinstance(catalogue, Gallery):
             gallery = catalogue
@@ -102,7 +123,8 @@ class Identifier:
             if isinstance(inference_config, InferenceConfig)
             else InferenceConfig.load(inference_config)
         )
-        return cls(model, meta, gallery, config)
+        runner = choose_engine(engine or speed.engine, model, version, onnx_path_for(checkpoint), speed)
+        return cls(model, meta, gallery, config, runner, speed)
 
     @property
     def model_version(self) -> str:
@@ -115,34 +137,43 @@ class Identifier:
         self._gallery_proto_rows = np.asarray(proto_rows, dtype=np.int64)
 
     # --- the model ---------------------------------------------------------------
-    def prepare(self, source: ImageSource) -> Image.Image:
-        """Decode any accepted input into an upright RGB photo (InvalidImageError otherwise)."""
+    def prepare(self, source: ImageSource, long_side: int | None = None) -> Image.Image:
+        """Decode any accepted input into an upright RGB photo (InvalidImageError otherwise).
+
+        ``long_side``: reduce to about this while decoding (default: the display size, 1280 px).
+        """
         if isinstance(source, Image.Image):
             return source.convert("RGB")
-        return decode_image(source)
+        return decode_image(source, long_side=long_side)
 
-    @torch.inference_mode()
-    def forward(self, images: list[Image.Image]) -> list[ModelOutput]:
-        """Embeddings and species-head probabilities for a batch of photos."""
+    def prepare_input(self, source: ImageSource) -> Image.Image:
+        """Decode for the network only: straight to ``SpeedConfig.identify_long_side`` (JPEG draft
+        mode), several times faster than the display-size decode for a phone photo."""
+        return self.prepare(source, long_side=self.speed.identify_long_side)
+
+    def forward(self, images: list[Image.Image], threads: int | None = None) -> list[ModelOutput]:
+        """Embeddings and species-head logits for a batch of photos.
+
+        ``threads``: CPU threads for this pass (default: the engine's best for one photo).
+        """
         if not images:
             return []
-        batch = torch.stack([to_tensor(image, self.model.config) for image in images])
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._lock:
-            threads = torch.get_num_threads()
-            if len(images) == 1:
-                torch.set_num_threads(min(threads, SPEED.single_photo_threads))
-            try:
-                embeddings, species_logits = self.model(batch)
-            finally:
-                torch.set_num_threads(threads)
-        return [ModelOutput(e, s) for e, s in zip(embeddings.numpy(), species_logits.numpy(), strict=True)]
+        batch = np.stack([to_array(image, self.model.config) for image in images])
+        if threads is None and len(images) == 1 and self.engine.name == "torch":
+            threads = self.speed.single_photo_threads
+        embeddings, species_logits = self.engine.run(batch, threads)
+        return [ModelOutput(e, s) for e, s in zip(embeddings, species_logits, strict=True)]
 
     # --- the decision --------------------------------------------------------------
-    def individual_scores(self, embedding: np.ndarray, gallery: Gallery | None = None) -> np.ndarray:
-        """Blended score per gallery individual (aligned with ``gallery.individuals``)."""
+    def individual_scores(
+        self, embedding: np.ndarray, gallery: Gallery | None = None, sims: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Blended score per gallery individual (aligned with ``gallery.individuals``).
+
+        ``sims``: the embedding's cosine to every gallery photo, when the caller has it already.
+        """
         gallery = gallery or self.gallery
-        sims = gallery.similarities(embedding)
+        sims = gallery.similarities(embedding) if sims is None else sims
         scores = gallery.best_per_individual(sims)
         rows = (
             self._gallery_proto_rows
@@ -156,14 +187,16 @@ class Identifier:
             scores[has_proto] = (1 - w) * scores[has_proto] + w * proto_sims
         return scores
 
-    def species_distribution(self, output: ModelOutput, gallery: Gallery | None = None) -> np.ndarray:
+    def species_distribution(
+        self, output: ModelOutput, gallery: Gallery | None = None, sims: np.ndarray | None = None
+    ) -> np.ndarray:
         """Species head blended with a similarity-weighted vote of the k nearest catalogue photos."""
         gallery = gallery or self.gallery
         head = _softmax(output.species_logits * self.config.species_temperature)
         w = self.config.species_knn_weight
         if w <= 0 or len(gallery) == 0:
             return head
-        sims = gallery.similarities(output.embedding)
+        sims = gallery.similarities(output.embedding) if sims is None else sims
         k = min(self.config.species_knn_k, len(sims))
         nearest = np.argpartition(-sims, k - 1)[:k]
         votes = np.zeros_like(head)
@@ -181,7 +214,8 @@ class Identifier:
         """Turn one forward pass into the answer, against ``gallery`` (default: the catalogue)."""
         gallery = gallery or self.gallery
         cfg = self.config
-        species_p = self.species_distribution(output, gallery)
+        sims = gallery.similarities(output.embedding)  # the one pass over the catalogue
+        species_p = self.species_distribution(output, gallery, sims)
         p_non = float(species_p[self._non_cetacean]) if self._non_cetacean >= 0 else 0.0
         cetacean_p = species_p.copy()
         if self._non_cetacean >= 0:
@@ -192,10 +226,10 @@ class Identifier:
         rejected = p_non > cfg.reject_threshold
         reason = f"this does not look like a whale or dolphin (P = {p_non:.2f})" if rejected else ""
 
-        scores = self.individual_scores(output.embedding, gallery)
+        scores = self.individual_scores(output.embedding, gallery, sims)
         logits = np.append(scores, cfg.new_individual_threshold) * cfg.temperature
         probabilities = _softmax(logits)
-        order = np.argsort(-scores)[: cfg.top_k]
+        order = _top_k(scores, cfg.top_k)
         top = [
             Candidate(
                 str(gallery.individuals[i]),
@@ -221,28 +255,62 @@ class Identifier:
     # --- convenience -----------------------------------------------------------------
     def identify(self, source: ImageSource) -> Identification:
         """Identify one photo (path, bytes or PIL image)."""
-        return self.decide(self.forward([self.prepare(source)])[0])
+        return self.decide(self.forward([self.prepare_input(source)])[0])
 
     def identify_many(
-        self, sources: Iterable[tuple[str, ImageSource]], batch_size: int = 16
+        self, sources: Iterable[tuple[str, ImageSource]], batch_size: int | None = None
     ) -> Iterator[tuple[str, Identification | WhaleIdError]]:
-        """Identify a stream of named photos in batches; a bad photo yields its error, the rest go on."""
-        pending: list[tuple[str, Image.Image]] = []
-        for name, source in sources:
-            try:
-                pending.append((name, self.prepare(source)))
-            except WhaleIdError as exc:
-                yield name, exc
-                continue
-            if len(pending) == batch_size:
-                yield from self._flush(pending)
-                pending = []
-        yield from self._flush(pending)
+        """Identify a stream of named photos, in input order; a bad photo yields its error, the rest go on.
 
-    def _flush(self, pending: list[tuple[str, Image.Image]]) -> Iterator[tuple[str, Identification]]:
-        outputs = self.forward([image for _, image in pending])
-        for (name, _), output in zip(pending, outputs, strict=True):
-            yield name, self.decide(output)
+        Chunks of ``batch_size`` photos are decoded, embedded and decided by
+        ``SpeedConfig.batch_workers`` threads side by side (decoding and ONNX Runtime
+        release the GIL), with a bounded number of chunks in flight, so memory stays
+        flat however long the stream is.
+        """
+        chunk_size, workers = self._chunking(batch_size)
+        # ONNX Runtime: one single-threaded session per worker beats one session on all cores.
+        threads = 1 if self.engine.name == "onnx" and workers > 1 else None
+        in_flight: deque[Future] = deque()
+        chunk: list[tuple[str, ImageSource]] = []
+        with single_threaded_blas(), ThreadPoolExecutor(workers, thread_name_prefix="whales-identify") as pool:
+            for item in sources:
+                chunk.append(item)
+                if len(chunk) == chunk_size:
+                    in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
+                    chunk = []
+                    while len(in_flight) > CHUNKS_AHEAD_PER_WORKER * workers:
+                        yield from in_flight.popleft().result()
+            if chunk:
+                in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
+            while in_flight:
+                yield from in_flight.popleft().result()
+
+    def _chunking(self, batch_size: int | None) -> tuple[int, int]:
+        return max(1, batch_size or self.speed.batch_chunk), max(1, self.speed.batch_workers)
+
+    def max_photos_in_flight(self, batch_size: int | None = None) -> int:
+        """The most photos ``identify_many`` holds at once: the chunks queued or running, plus
+        the one being gathered and the one being handed out. Memory is bounded by this."""
+        chunk_size, workers = self._chunking(batch_size)
+        return (CHUNKS_AHEAD_PER_WORKER * workers + 2) * chunk_size
+
+    def _identify_chunk(
+        self, chunk: list[tuple[str, ImageSource]], threads: int | None
+    ) -> list[tuple[str, Identification | WhaleIdError]]:
+        """One chunk, start to finish, on a worker thread."""
+        outcomes: list[Identification | WhaleIdError | None] = []
+        images: list[Image.Image] = []
+        positions: list[int] = []
+        for _, source in chunk:
+            try:
+                images.append(self.prepare_input(source))
+                positions.append(len(outcomes))
+                outcomes.append(None)
+            except WhaleIdError as exc:
+                outcomes.append(exc)
+        for position, output in zip(positions, self.forward(images, threads=threads), strict=True):
+            outcomes[position] = self.decide(output)
+        return [(name, outcome) for (name, _), outcome in zip(chunk, outcomes, strict=True)]  # type: ignore[misc]
 
 
 __all__ = ["NEW_INDIVIDUAL", "Identifier", "ModelOutput"]

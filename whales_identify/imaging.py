@@ -11,6 +11,7 @@ Pillow's decompression-bomb limit is set on purpose. Whatever the bytes, only
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 from pathlib import Path
@@ -56,8 +57,11 @@ def _is_heif(data: bytes) -> bool:
     return len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
 
 
-def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> Image.Image:
-    """Decode to an upright RGB image whose long side is at most ``decode_long_side``."""
+def decode_image(
+    source: bytes | str | Path, limits: ImageLimits = LIMITS, long_side: int | None = None
+) -> Image.Image:
+    """Decode to an upright RGB image whose long side is at most ``long_side``
+    (default ``limits.decode_long_side``); a JPEG is reduced while it is decoded."""
     data = read_bytes(source, limits)
     try:
         with warnings.catch_warnings():
@@ -71,8 +75,11 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> Im
                     f"the image is {width}×{height} pixels ({width * height / 1e6:.0f} MP); "
                     f"the limit is {limits.max_pixels / 1e6:.0f} MP"
                 )
+            long_side = _target_long_side(width, height, long_side, limits)
             if image.format == "JPEG":
-                image.draft("RGB", (limits.decode_long_side, limits.decode_long_side))
+                # The largest DCT reduction that keeps the long side at or above ``long_side``.
+                scale = long_side / max(width, height, 1)
+                image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
             elif width * height > limits.max_full_decode_pixels:
                 # No reduced decode for this format: reading it would cost the full size in memory.
                 raise InvalidImageError(
@@ -86,8 +93,8 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> Im
             image = ImageOps.exif_transpose(image)
             image = _to_rgb(image)
             upright = image.size
-            if max(image.size) > limits.decode_long_side:
-                image.thumbnail((limits.decode_long_side, limits.decode_long_side), Image.Resampling.BILINEAR)
+            if max(image.size) > long_side:
+                image.thumbnail((long_side, long_side), Image.Resampling.BILINEAR)
             if min(image.size) < limits.min_side:  # checked after the reduction: a long thin strip fails too
                 reduced = "" if image.size == upright else f", {image.width}×{image.height} once reduced"
                 raise InvalidImageError(
@@ -112,6 +119,16 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> Im
     except Exception as exc:  # any other decoder failure on hostile bytes is still a bad file, not a crash
         raise InvalidImageError(f"the image could not be decoded ({type(exc).__name__}: {exc})") from exc
     return image
+
+
+def _target_long_side(width: int, height: int, wanted: int | None, limits: ImageLimits) -> int:
+    """The long side to reduce to: as asked, but never so small that the short side drops under
+    ``min_side`` when the photo itself is large enough (a panorama stays a valid photo)."""
+    cap = limits.decode_long_side
+    target = min(wanted or cap, cap)
+    short, long = sorted((max(width, 1), max(height, 1)))
+    keeps_short_side = math.ceil(limits.min_side * long / short)
+    return min(max(target, keeps_short_side), cap)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

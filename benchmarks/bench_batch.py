@@ -1,0 +1,109 @@
+"""Batch throughput on a ZIP of 500 real photos, end to end, against the bare forward pass.
+
+    python benchmarks/bench_batch.py [--data-root ../shared/data] [--n 500] [--out benchmarks/results/batch.json]
+
+The ZIP holds ``n`` photos drawn at random (seed 0) from the shared data, all
+sources mixed (most are 224 px right-whale crops; the rest up to 1280 px).
+End to end = ``run_batch`` on the ZIP: read each member, decode, resize, embed,
+search the bundled catalogue, species, EXIF, one row per photo. Bare forward =
+the same photos already decoded and resized, run through the engine in the
+same chunks and threads as the pipeline. Goal: end to end ≥ 0.8 × bare.
+Both engines (ONNX Runtime, the default, and PyTorch, the reference) are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from whales_identify.batch import run_batch
+from whales_identify.config import DEFAULT_DATA_ROOT
+from whales_identify.cpu import single_threaded_blas
+from whales_identify.identify import Identifier
+from whales_identify.preprocess import to_array
+
+
+def build_zip(data_root: Path, n: int, path: Path) -> list[str]:
+    labels = pd.read_csv(data_root / "labels.csv")
+    chosen = labels.sample(n, random_state=0)["image"].tolist()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:  # JPEGs do not compress further
+        for name in chosen:
+            archive.write(data_root / name, name)
+    return chosen
+
+
+def bare_forward(identifier: Identifier, arrays: list[np.ndarray]) -> float:
+    """Photos per second of the forward pass alone, chunked and threaded as the pipeline does."""
+    chunk, workers = identifier.speed.batch_chunk, identifier.speed.batch_workers
+    threads = 1 if identifier.engine.name == "onnx" and workers > 1 else None
+    batches = [np.stack(arrays[i : i + chunk]) for i in range(0, len(arrays), chunk)]
+    identifier.engine.run(batches[0], threads)  # warm-up
+    with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda b: identifier.engine.run(b, threads), batches))
+        return len(arrays) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--out", default="benchmarks/results/batch.json")
+    args = parser.parse_args()
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "photos.zip"
+        names = build_zip(Path(args.data_root), args.n, archive)
+        for engine in ("onnx", "torch"):
+            identifier = Identifier.load(engine=engine)
+            with zipfile.ZipFile(archive) as z:
+                images = [identifier.prepare_input(z.read(name)) for name in names]
+            arrays = [to_array(image, identifier.model.config) for image in images]
+            bare = bare_forward(identifier, arrays)
+            list(run_batch(identifier, archive))  # warm-up: file cache, sessions, allocator
+            started = time.perf_counter()
+            rows = list(run_batch(identifier, archive))
+            end_to_end = len(rows) / (time.perf_counter() - started)
+            ok = sum(row.status == "ok" for row in rows)
+            results[engine] = {
+                "photos": len(rows),
+                "ok": ok,
+                "end_to_end_photos_per_s": round(end_to_end, 1),
+                "bare_forward_photos_per_s": round(bare, 1),
+                "ratio": round(end_to_end / bare, 2),
+                "chunk": identifier.speed.batch_chunk,
+                "workers": identifier.speed.batch_workers,
+            }
+            print(f"{engine:<6} end to end {end_to_end:6.1f} photos/s   bare forward {bare:6.1f} photos/s"
+                  f"   ratio {end_to_end / bare:.2f}   ({ok}/{len(rows)} ok)")
+    sizes = [max(image.size) for image in images]
+    result = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
+        "command": "python benchmarks/bench_batch.py",
+        "photos": f"{args.n} real photos from the shared data, seed 0; long side after decoding: "
+        f"median {int(np.median(sizes))} px, max {max(sizes)} px",
+        "engines": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The fast path (ONNX Runtime, reduced decoding, the parallel batch pipeline) against the reference."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from threadpoolctl import threadpool_info
+
+from whales_identify.config import DEFAULT_CATALOGUE, DEFAULT_CHECKPOINT, SpeedConfig
+from whales_identify.cpu import single_threaded_blas
+from whales_identify.engines import VERSION_KEY, OnnxEngine, export_onnx, onnx_path_for
+from whales_identify.errors import InvalidImageError, ModelLoadError
+from whales_identify.gallery import Gallery
+from whales_identify.identify import Identifier
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def reference() -> Identifier:
+    return Identifier.load(engine="torch")
+
+
+def test_the_bundled_model_runs_on_onnx_runtime_by_default(identifier: Identifier) -> None:
+    assert identifier.engine.name == "onnx"
+    assert OnnxEngine(onnx_path_for(DEFAULT_CHECKPOINT)).model_version() == identifier.model_version
+
+
+def test_onnx_matches_pytorch_on_real_photos(identifier: Identifier, reference: Identifier) -> None:
+    photos = sorted(DATA.glob("*.jpg"))
+    images = [identifier.prepare_input(p) for p in photos]
+    fast = identifier.forward(images)
+    slow = reference.forward(images)
+    for path, a, b in zip(photos, fast, slow, strict=True):
+        assert np.abs(a.embedding - b.embedding).max() < 1e-4, path.name
+        assert np.abs(a.species_logits - b.species_logits).max() < 1e-3, path.name
+        fast_answer, slow_answer = identifier.decide(a), reference.decide(b)
+        assert [c.individual_id for c in fast_answer.top5] == [c.individual_id for c in slow_answer.top5]
+        assert (fast_answer.answer, fast_answer.species) == (slow_answer.answer, slow_answer.species)
+
+
+def test_one_photo_and_a_batch_give_the_same_answer(identifier: Identifier) -> None:
+    photos = sorted(DATA.glob("*.jpg"))
+    items = [(p.name, p.read_bytes()) for p in photos] + [("broken.jpg", b"\xff\xd8 not a jpeg")]
+    items.insert(2, ("empty.jpg", b""))
+    batch = list(identifier.identify_many(items, batch_size=2))
+    assert [name for name, _ in batch] == [name for name, _ in items]  # input order, errors in place
+    for (name, data), (_, outcome) in zip(items, batch, strict=True):
+        if name in ("broken.jpg", "empty.jpg"):
+            assert isinstance(outcome, InvalidImageError)
+            continue
+        single = identifier.identify(data)
+        assert outcome.answer == single.answer
+        assert [c.individual_id for c in outcome.top5] == [c.individual_id for c in single.top5]
+        assert np.abs(outcome.embedding - single.embedding).max() < 1e-4
+
+
+def test_a_stale_export_is_never_used(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "whale_id.pt"
+    shutil.copyfile(DEFAULT_CHECKPOINT, checkpoint)
+    reference = Identifier.load(checkpoint, catalogue=None, engine="torch")
+    export_onnx(reference.model, onnx_path_for(checkpoint), "another-model")
+    assert Identifier.load(checkpoint, catalogue=None).engine.name == "torch"  # auto falls back
+    with pytest.raises(ModelLoadError, match="re-export"):
+        Identifier.load(checkpoint, catalogue=None, engine="onnx")
+
+
+def test_a_fresh_export_is_picked_up_and_stamped(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "whale_id.pt"
+    shutil.copyfile(DEFAULT_CHECKPOINT, checkpoint)
+    with pytest.raises(ModelLoadError, match="export-onnx"):
+        Identifier.load(checkpoint, catalogue=None, engine="onnx")  # no export yet
+    reference = Identifier.load(checkpoint, catalogue=None, engine="torch")
+    path = export_onnx(reference.model, onnx_path_for(checkpoint), reference.model_version)
+    engine = OnnxEngine(path)
+    assert engine.model_version() == reference.model_version
+    assert Identifier.load(checkpoint, catalogue=DEFAULT_CATALOGUE).engine.name == "onnx"
+    import onnx
+
+    assert {p.key for p in onnx.load(str(path)).metadata_props} >= {VERSION_KEY}
+
+
+def test_a_broken_onnx_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "whale_id.onnx"
+    bad.write_bytes(b"this is not a model")
+    with pytest.raises(ModelLoadError, match="not a readable ONNX model"):
+        OnnxEngine(bad)
+
+
+def test_unknown_engine_is_refused() -> None:
+    with pytest.raises(ModelLoadError, match="unknown engine"):
+        Identifier.load(catalogue=None, engine="tensorrt")
+
+
+def test_a_large_jpeg_is_decoded_straight_to_the_network_size(identifier: Identifier) -> None:
+    photo = Image.open(sorted(DATA.glob("*.jpg"))[0]).convert("RGB").resize((4000, 3000))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=85)
+    side = SpeedConfig().identify_long_side
+    assert max(identifier.prepare_input(buffer.getvalue()).size) == side
+    assert max(identifier.prepare(buffer.getvalue()).size) == 1280  # the display size is unchanged
+    # A panorama keeps a usable short side instead of being shrunk under the minimum.
+    strip = Image.new("RGB", (3000, 40), (20, 60, 90))
+    strip_bytes = io.BytesIO()
+    strip.save(strip_bytes, format="JPEG")
+    assert min(identifier.prepare_input(strip_bytes.getvalue()).size) >= 16
+
+
+def test_best_score_per_individual_equals_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    n = 2_000
+    ids = np.array([f"ind{x:03d}" if x % 9 else "" for x in rng.integers(0, 400, n)])
+    gallery = Gallery(rng.standard_normal((n, 16)), ids, np.full(n, "humpback_whale"), np.arange(n).astype(str))
+    sims = rng.standard_normal(n).astype(np.float32)
+    expected = [sims[gallery.individual_ids == name].max() for name in gallery.individuals]
+    assert np.array_equal(gallery.best_per_individual(sims), np.asarray(expected, np.float32))
+    assert len(Gallery.empty(16).best_per_individual(np.zeros(0, np.float32))) == 0
+
+
+def _blas_threads() -> int:
+    return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+
+def test_blas_is_single_threaded_only_while_a_batch_runs() -> None:
+    before = _blas_threads()
+    with single_threaded_blas():
+        assert _blas_threads() == 1
+        with single_threaded_blas():  # a second, overlapping batch
+            assert _blas_threads() == 1
+        assert _blas_threads() == 1  # the first batch still runs
+    assert _blas_threads() == before
+
+
+def test_an_unexpected_error_in_a_batch_propagates_and_leaves_nothing_behind(identifier: Identifier) -> None:
+    photo = sorted(DATA.glob("*.jpg"))[0].read_bytes()
+    before = _blas_threads()
+
+    def items():
+        yield "ok.jpg", photo
+        yield "odd.jpg", 12345  # neither bytes, a path nor an image: a caller's bug, not bad input
+
+    with pytest.raises(TypeError):
+        list(identifier.identify_many(items()))
+    assert _blas_threads() == before
+    assert [name for name, _ in identifier.identify_many([("again.jpg", photo)])] == ["again.jpg"]
