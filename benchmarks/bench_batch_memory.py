@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--photos", type=int, default=2000)
     parser.add_argument("--size", default="96x64")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="photos per forward pass (default: the package's)")
     parser.add_argument("--out", default="benchmarks/results/batch_memory.json")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -78,7 +78,7 @@ def main() -> None:
         archive = Path(tmp) / "survey.zip"
         zip_bytes = make_zip(archive, args.photos, size)
         identifier = Identifier.load()
-        list(identifier.identify_many([(str(i), _warm(size)) for i in range(args.batch_size)], args.batch_size))
+        list(identifier.identify_many([(str(i), _warm(size)) for i in range(16)], args.batch_size))
         rss_before = _status("VmRSS")
         peak_reset = reset_peak()
         samples: list[tuple[int, float]] = []
@@ -99,7 +99,7 @@ def main() -> None:
         "photos": args.photos,
         "photo_size": list(size),
         "zip_mb": round(zip_bytes / 1e6, 1),
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or identifier.speed.batch_chunk,
         "rows": counts,
         "seconds": round(seconds, 1),
         "photos_per_second": round(args.photos / seconds, 1),

@@ -185,7 +185,8 @@ def test_enrol_zip_folders_and_csv(catalog: Catalog, tmp_path: Path) -> None:
     folders = make_zip(tmp_path / "f.zip", {f"W{i % 3}/{i}.jpg": photo(i) for i in range(20)} | {"README.txt": b"hi"})
     report = enrol_zip(catalog, fake, io.BytesIO(folders.read_bytes()), species="killer_whale")  # an upload
     assert report.count("added") == 20 and report.count("skipped") == 1
-    assert fake.calls == 2  # batches of 16
+    batch = CatalogConfig().embed_batch_size
+    assert fake.calls == -(-20 // batch)  # embedded in batches, not one by one
     csv_text = "image,individual_id,species\nimgs/a.jpg,B1,\nimgs/b.jpg,N9,beluga\n"
     listed = make_zip(tmp_path / "c.zip", {"labels.csv": csv_text.encode(), "imgs/a.jpg": photo(100),
                                            "imgs/b.jpg": photo(101), "imgs/c.jpg": photo(102)})

@@ -86,7 +86,7 @@ def row_for(name: str, outcome: Identification | WhaleIdError, metadata_source: 
 def identify_entries(
     identifier: Identifier,
     entries: Iterable[ArchiveEntry],
-    batch_size: int = 16,
+    batch_size: int | None = None,
     on_row: Callable[[BatchRow], None] | None = None,
 ) -> Iterator[BatchRow]:
     """Identify every readable photo; skipped entries and bad photos become rows too."""
@@ -119,8 +119,11 @@ def _emit(row: BatchRow, on_row: Callable[[BatchRow], None] | None) -> None:
         on_row(row)
 
 
-def run_batch(identifier: Identifier, source: str | Path | BinaryIO, batch_size: int = 16) -> Iterator[BatchRow]:
-    """Identify a ZIP (path or file object) or a folder of photos."""
+def run_batch(
+    identifier: Identifier, source: str | Path | BinaryIO, batch_size: int | None = None
+) -> Iterator[BatchRow]:
+    """Identify a ZIP (path or file object) or a folder of photos (``batch_size``: photos per
+    forward pass; default ``SpeedConfig.batch_chunk``)."""
     return identify_entries(identifier, iter_photos(source), batch_size=batch_size)
 
 

@@ -118,7 +118,10 @@ class SpeedConfig:
     single_photo_threads: int = 1  # PyTorch, one photo
     onnx_threads: int = 2  # ONNX Runtime, one photo
     batch_workers: int = 2  # photos decoded and run in parallel by this many threads
-    batch_chunk: int = 4  # photos per forward pass in the batch pipeline
+    # Photos per forward pass in the batch pipeline. One is as fast as four on a single-threaded
+    # session, and ONNX Runtime's memory arena grows with the batch: a 500-photo batch peaked at
+    # 605 MB with 1, 758 MB with 4 and 1.4 GB with 16.
+    batch_chunk: int = 1
     # A photo being identified is decoded straight to about this long side (JPEG draft mode): a 12 MP
     # phone JPEG decodes in 13 ms instead of 54 ms. Held-out accuracy (bench_accuracy) was unchanged
     # at 640 and 896 px and lost 2 of 43 Happywhale-style top-1 answers at 448 px.
@@ -172,7 +175,7 @@ class CatalogConfig:
     crop_quality: int = 90
     thumbnail_size: int = 128
     thumbnail_quality: int = 80
-    embed_batch_size: int = 16
+    embed_batch_size: int = 4  # photos per forward pass while enrolling (memory grows with it; see SpeedConfig)
     export_format: str = "whales_identify-catalog-export"
     export_format_version: int = 1
     max_import_bytes: int = 8 * 1024**3  # uncompressed size of an export ZIP accepted for import
@@ -203,7 +206,6 @@ class AppConfig:
     max_photo_mb: int = ImageLimits.max_file_bytes // (1024 * 1024)
     # A batch upload (a ZIP or several photos), each file; also server.maxUploadSize in .streamlit/config.toml.
     max_batch_upload_mb: int = 500
-    batch_size: int = 8
     preview_long_side: int = 384  # photos kept per batch row for the detail view
     thumbnail_px: int = 96
     results_kept: int = 4  # single-photo results remembered per browser session

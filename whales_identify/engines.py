@@ -11,6 +11,7 @@ PyTorch (see docs/SPEED.md); tests hold it to the PyTorch result.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import warnings
 from pathlib import Path
@@ -64,10 +65,14 @@ class TorchEngine:
 class OnnxEngine:
     """The exported network run by ONNX Runtime.
 
-    Two sessions share the file: one with ``SpeedConfig.onnx_threads`` for a
-    single photo (lowest latency), one single-threaded for the batch pipeline,
-    which runs several of them side by side (highest throughput on few cores).
-    Both are created lazily: a process that only ever does one kind pays for one.
+    Sessions are pooled by thread count and each serves one run at a time:
+    several runs sharing one session made its memory arena grow by some 450 MB
+    over a 500-photo batch, while one session per concurrent run stays small
+    (docs/SPEED.md). A single photo uses ``SpeedConfig.onnx_threads`` (lowest
+    latency); the batch pipeline runs single-threaded sessions side by side
+    (highest throughput on few cores). The pool only grows to the concurrency
+    actually seen: two for a batch on this machine, one more per app session
+    identifying at the same instant.
     """
 
     name = "onnx"
@@ -78,34 +83,42 @@ class OnnxEngine:
         self.path = Path(path)
         self.speed = speed or SpeedConfig()
         self._ort = ort
-        self._sessions: dict[int, object] = {}
+        self._idle: dict[int, queue.SimpleQueue] = {}
         self._lock = threading.Lock()
         try:
-            self._session(self.speed.onnx_threads)
+            first = self._new_session(self.speed.onnx_threads)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelLoadError(f"{self.path.name} is not a readable ONNX model: {exc}") from exc
+        self._version = first.get_modelmeta().custom_metadata_map.get(VERSION_KEY, "")
+        self._pool(self.speed.onnx_threads).put(first)
 
     def model_version(self) -> str:
-        session = self._session(self.speed.onnx_threads)
-        return session.get_modelmeta().custom_metadata_map.get(VERSION_KEY, "")
+        """The checkpoint version this file was exported from ("" when unstamped)."""
+        return self._version
 
-    def _session(self, threads: int):
+    def _pool(self, threads: int) -> queue.SimpleQueue:
         with self._lock:
-            session = self._sessions.get(threads)
-            if session is None:
-                options = self._ort.SessionOptions()
-                options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-                # Idle threads must not spin: the batch pipeline decodes photos on the other core meanwhile.
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                options.log_severity_level = 3
-                session = self._ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-                self._sessions[threads] = session
-            return session
+            return self._idle.setdefault(threads, queue.SimpleQueue())
+
+    def _new_session(self, threads: int):
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle threads must not spin: the batch pipeline decodes photos on the other core meanwhile.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        return self._ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def run(self, batch: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        session = self._session(threads or self.speed.onnx_threads)
-        embeddings, logits = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch)})
+        pool = self._pool(threads or self.speed.onnx_threads)
+        try:
+            session = pool.get_nowait()
+        except queue.Empty:
+            session = self._new_session(threads or self.speed.onnx_threads)
+        try:
+            embeddings, logits = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch)})
+        finally:
+            pool.put(session)
         return embeddings, logits
 
 

@@ -102,7 +102,6 @@ def _preview(data: bytes | None) -> tuple[bytes | None, str | None]:
 
 def _run(files) -> dict:
     identifier = get_identifier()
-    config = app_config()
     sources, rows, total = _plan(files)
     previews: dict[str, bytes] = {}
     thumbs: dict[str, str] = {}
@@ -124,7 +123,7 @@ def _run(files) -> dict:
             text=f"{done} / {total} photos · {_duration(elapsed)} elapsed · about {_duration(left)} left",
         )
 
-    for _ in identify_entries(identifier, _entries(sources, stash), batch_size=config.batch_size, on_row=on_row):
+    for _ in identify_entries(identifier, _entries(sources, stash), on_row=on_row):
         pass
     seconds = time.perf_counter() - start
     bar.progress(1.0, text=f"Done: {len(rows)} files in {_duration(seconds)}")
