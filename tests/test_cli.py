@@ -5,12 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from whales_identify.cli import main
+from whales_identify.config import DEFAULT_CHECKPOINT
+from whales_identify.identify import Identifier
+
+DATA = Path(__file__).parent / "data"
 
 
 def test_identify_json(capsys, known_samples) -> None:
@@ -113,3 +119,20 @@ def test_batch_of_a_non_zip_is_a_clear_error(tmp_path, capsys) -> None:
     fake.write_bytes(io.BytesIO(b"nope").getvalue())
     assert main(["batch", str(fake)]) == 2
     assert "not a ZIP" in capsys.readouterr().err
+
+
+def test_export_onnx_writes_a_stamped_model_beside_the_checkpoint(tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "mine.pt"
+    shutil.copyfile(DEFAULT_CHECKPOINT, checkpoint)
+    assert main(["export-onnx", "--checkpoint", str(checkpoint)]) == 0
+    assert "mine.onnx" in capsys.readouterr().out
+    identifier = Identifier.load(checkpoint, catalogue=None, engine="onnx")  # refused were it stale
+    reference = Identifier.load(checkpoint, catalogue=None, engine="torch")
+    photo = sorted(DATA.glob("*.jpg"))[0]
+    fast, slow = identifier.identify(photo), reference.identify(photo)
+    assert np.abs(fast.embedding - slow.embedding).max() < 1e-4
+
+
+def test_export_onnx_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys) -> None:
+    assert main(["export-onnx", "--checkpoint", str(tmp_path / "none.pt")]) != 0
+    assert "not found" in capsys.readouterr().err

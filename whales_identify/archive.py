@@ -88,49 +88,85 @@ def check_zip(archive: zipfile.ZipFile, limits: ArchiveLimits = LIMITS) -> list[
     return members
 
 
+def zip_skip_reason(info: zipfile.ZipInfo, limits: ArchiveLimits = LIMITS) -> str | None:
+    """Why a member is not read (``None``: read it), judged from the directory alone.
+
+    Shared by ``iter_zip`` and the Ray engine, so a member is refused for the same reasons on one machine or many.
+    Hidden files and ``__MACOSX/`` are not judged here: ``list_zip`` drops them without a row.
+    """
+    name = info.filename
+    if _unsafe_path(name):
+        return "unsafe path (absolute or '..'); skipped"
+    if _is_symlink(info):
+        return "a symbolic link; skipped"
+    if info.flag_bits & 0x1:
+        return "encrypted; skipped"
+    if name.lower().endswith(".zip"):
+        return "a ZIP inside the ZIP; unpack it first"
+    if not is_image_name(name, limits):
+        return "not a photo (by its extension); skipped"
+    if info.file_size > limits.max_member_uncompressed:
+        return f"{info.file_size / 1e6:.0f} MB is over the per-photo limit"
+    if info.file_size > 1024 * 1024 and info.file_size > limits.max_compression_ratio * max(info.compress_size, 1):
+        return "compressed suspiciously well (a bomb?); skipped"
+    return None
+
+
+def list_zip(
+    archive: zipfile.ZipFile, limits: ArchiveLimits = LIMITS
+) -> Iterator[tuple[int, zipfile.ZipInfo, str | None]]:
+    """Each member that gets a row: its index in ``check_zip``'s list, its info and ``zip_skip_reason``.
+
+    Reads no member's bytes, so a driver can plan the work for a whole archive cheaply; the index
+    names a member unambiguously even when a (hostile) ZIP repeats a name.
+    """
+    for index, info in enumerate(check_zip(archive, limits)):
+        # An unsafe path always gets its row, even when it also looks hidden.
+        if _is_ignored(info.filename) and not _unsafe_path(info.filename):
+            continue
+        yield index, info, zip_skip_reason(info, limits)
+
+
+def read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits = LIMITS) -> ArchiveEntry:
+    """One member's bytes, or why they cannot be had; a damaged member never raises."""
+    name = info.filename
+    try:
+        # Never more than the per-photo limit + 1 byte, whatever the header claims.
+        with archive.open(info) as handle:
+            data = handle.read(limits.max_member_uncompressed + 1)
+    except _ZIP_ERRORS as exc:
+        return ArchiveEntry(name, None, f"cannot be read from the ZIP ({exc})")
+    except Exception as exc:  # one damaged member never stops the others
+        return ArchiveEntry(name, None, f"cannot be read from the ZIP ({type(exc).__name__}: {exc})")
+    if len(data) > limits.max_member_uncompressed:
+        return ArchiveEntry(name, None, "larger than its header says; skipped")
+    return ArchiveEntry(name, data)
+
+
 def iter_zip(source: str | Path | BinaryIO, limits: ArchiveLimits = LIMITS) -> Iterator[ArchiveEntry]:
     """Each member of a ZIP as an ``ArchiveEntry``; nothing is extracted to disk."""
     with open_zip(source) as archive:
-        members = check_zip(archive, limits)
-        for info in members:
-            name = info.filename
-            if _unsafe_path(name):
-                yield ArchiveEntry(name, None, "unsafe path (absolute or '..'); skipped")
-            elif _is_ignored(name):
-                continue
-            elif _is_symlink(info):
-                yield ArchiveEntry(name, None, "a symbolic link; skipped")
-            elif info.flag_bits & 0x1:
-                yield ArchiveEntry(name, None, "encrypted; skipped")
-            elif name.lower().endswith(".zip"):
-                yield ArchiveEntry(name, None, "a ZIP inside the ZIP; unpack it first")
-            elif not is_image_name(name, limits):
-                yield ArchiveEntry(name, None, "not a photo (by its extension); skipped")
-            elif info.file_size > limits.max_member_uncompressed:
-                yield ArchiveEntry(name, None, f"{info.file_size / 1e6:.0f} MB is over the per-photo limit")
-            elif info.file_size > 1024 * 1024 and info.file_size > limits.max_compression_ratio * max(
-                info.compress_size, 1
-            ):
-                yield ArchiveEntry(name, None, "compressed suspiciously well (a bomb?); skipped")
+        for _, info, reason in list_zip(archive, limits):
+            if reason is not None:
+                yield ArchiveEntry(info.filename, None, reason)
             else:
-                try:
-                    # Never more than the per-photo limit + 1 byte, whatever the header claims.
-                    with archive.open(info) as handle:
-                        data = handle.read(limits.max_member_uncompressed + 1)
-                except _ZIP_ERRORS as exc:
-                    yield ArchiveEntry(name, None, f"cannot be read from the ZIP ({exc})")
-                    continue
-                except Exception as exc:  # one damaged member never stops the others
-                    yield ArchiveEntry(name, None, f"cannot be read from the ZIP ({type(exc).__name__}: {exc})")
-                    continue
-                if len(data) > limits.max_member_uncompressed:
-                    yield ArchiveEntry(name, None, "larger than its header says; skipped")
-                else:
-                    yield ArchiveEntry(name, data)
+                yield read_zip_member(archive, info, limits)
 
 
-def iter_folder(folder: str | Path, limits: ArchiveLimits = LIMITS) -> Iterator[ArchiveEntry]:
-    """Each file under a folder (recursively, sorted), as an ``ArchiveEntry``."""
+def folder_skip_reason(path: Path, name: str, limits: ArchiveLimits = LIMITS) -> str | None:
+    """Why a file under a folder is not read (``None``: read it); shared with the Ray engine."""
+    if path.is_symlink():
+        return "a symbolic link; skipped"
+    if not is_image_name(name, limits):
+        return "not a photo (by its extension); skipped"
+    size = path.stat().st_size
+    if size > limits.max_member_uncompressed:
+        return f"{size / 1e6:.0f} MB is over the per-photo limit"
+    return None
+
+
+def list_folder(folder: str | Path, limits: ArchiveLimits = LIMITS) -> Iterator[tuple[Path, str, str | None]]:
+    """Each file under a folder that gets a row (recursively, sorted): path, '/'-separated name, skip reason."""
     root = Path(folder)
     count = 0
     for path in sorted(root.rglob("*")):
@@ -140,14 +176,25 @@ def iter_folder(folder: str | Path, limits: ArchiveLimits = LIMITS) -> Iterator[
         if count > limits.max_members * 100:
             raise InvalidArchiveError(f"more than {limits.max_members * 100:,} files under {root}")
         name = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            yield ArchiveEntry(name, None, "a symbolic link; skipped")
-        elif not is_image_name(name, limits):
-            yield ArchiveEntry(name, None, "not a photo (by its extension); skipped")
-        elif path.stat().st_size > limits.max_member_uncompressed:
-            yield ArchiveEntry(name, None, f"{path.stat().st_size / 1e6:.0f} MB is over the per-photo limit")
-        else:
-            yield ArchiveEntry(name, path.read_bytes())
+        yield path, name, folder_skip_reason(path, name, limits)
+
+
+def read_folder_file(path: Path, name: str, limits: ArchiveLimits = LIMITS) -> ArchiveEntry:
+    """One file's bytes, never more than the per-photo limit + 1 byte (the file may grow after it was listed)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limits.max_member_uncompressed + 1)
+    except OSError as exc:  # vanished or unreadable since it was listed: a row, not a crash
+        return ArchiveEntry(name, None, f"cannot be read ({exc.strerror or exc})")
+    if len(data) > limits.max_member_uncompressed:
+        return ArchiveEntry(name, None, f"{len(data) / 1e6:.0f} MB is over the per-photo limit")
+    return ArchiveEntry(name, data)
+
+
+def iter_folder(folder: str | Path, limits: ArchiveLimits = LIMITS) -> Iterator[ArchiveEntry]:
+    """Each file under a folder (recursively, sorted), as an ``ArchiveEntry``."""
+    for path, name, reason in list_folder(folder, limits):
+        yield ArchiveEntry(name, None, reason) if reason is not None else read_folder_file(path, name, limits)
 
 
 def iter_photos(source: str | Path | BinaryIO, limits: ArchiveLimits = LIMITS) -> Iterator[ArchiveEntry]:

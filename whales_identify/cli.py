@@ -104,6 +104,16 @@ def _describe(name: str, result) -> str:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .batch import run_batch, write_csv
 
+    if args.engine == "ray":
+        return _cmd_batch_ray(args)
+    ray_only = [
+        flag
+        for flag, value in (("--address", args.address), ("--workers", args.workers), ("--restart", args.restart))
+        if value
+    ]
+    if ray_only:
+        print(f"error: {', '.join(ray_only)} only apply with --engine ray", file=sys.stderr)
+        return 2
     identifier = _load_identifier(args)
     rows = run_batch(identifier, Path(args.source), batch_size=args.batch_size)
     counts = {"ok": 0, "error": 0, "skipped": 0}
@@ -128,6 +138,42 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 0 if counts["ok"] or not (counts["error"] + counts["skipped"]) else 1
 
 
+def _cmd_batch_ray(args: argparse.Namespace) -> int:
+    """The same table on Ray (local instance or cluster), appended as it goes and resumed on a rerun."""
+    from .scale import import_ray, plan_work, run_ray_batch
+
+    if not args.csv:
+        print(
+            "error: --engine ray writes its results as it goes, so a crash resumes: give the file with --csv OUT",
+            file=sys.stderr,
+        )
+        return 2
+    import_ray()  # Ray missing, or a bad ZIP: said before the model is loaded
+    plan = plan_work(args.source)
+    identifier = _load_identifier(args)  # the catalogue the workers search: bundled + yours, as locally
+    summary = run_ray_batch(
+        identifier,
+        plan,
+        args.csv,
+        checkpoint=args.checkpoint,
+        address=args.address,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        restart=args.restart,
+        verbose=args.verbose,
+    )
+    new, total = summary.written, summary.total
+    resumed = sum(summary.resumed.values())
+    print(
+        f"{total['ok']} identified, {total['error']} failed, {total['skipped']} skipped"
+        + (f" ({resumed} from the earlier run, {sum(new.values())} now)" if resumed else "")
+        + (f"; {summary.workers} Ray worker(s)" if summary.workers else "")
+        + f"; wrote {args.csv}",
+        file=sys.stderr,
+    )
+    return 0 if total["ok"] or not (total["error"] + total["skipped"]) else 1
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
@@ -148,6 +194,24 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .engines import export_onnx, onnx_path_for
+
+    model, meta = load_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else onnx_path_for(args.checkpoint)
+    export_onnx(model, out, meta["model_version"])
+    print(f"wrote {out} (model version {meta['model_version']}); it is used when it sits beside the checkpoint")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _model_options(parser: argparse.ArgumentParser, catalogue: bool = True) -> None:
@@ -179,7 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="identify every photo in a ZIP or folder; CSV out")
     p.add_argument("source", help="a .zip file or a folder")
     p.add_argument("--csv", help="write the table here (default: standard output)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="photos per forward pass (default: the tuned one)"
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: Ray workers, each loading the model once (pip install -r "
+        "requirements-scale.txt); see docs/SCALE.md",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="(ray) the Ray cluster to use, e.g. 'auto' on a cluster node (default: start a local instance)",
+    )
+    p.add_argument("--workers", type=_positive_int, default=None, help="(ray) model workers (default: one per CPU)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="(ray) overwrite --csv instead of resuming: by default, files already in it are not done again",
+    )
     _model_options(p)
     p.set_defaults(func=_cmd_batch)
 
@@ -196,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default=str(MODELS_DIR))
     p.add_argument("--samples-dir", default=str(REPO_DIR / "tests" / "data"))
     p.set_defaults(func=_cmd_bundle)
+
+    p = sub.add_parser("export-onnx", help="export a checkpoint for ONNX Runtime, the fast path (beside it)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--out", default=None, help="default: the checkpoint's name with .onnx")
+    p.set_defaults(func=_cmd_export_onnx)
 
     register_catalog(sub)
     return parser
