@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from whales_identify.config import DEFAULT_CATALOGUE, DEFAULT_CHECKPOINT, SpeedConfig
 from whales_identify.cpu import single_threaded_blas
@@ -17,6 +17,7 @@ from whales_identify.engines import VERSION_KEY, OnnxEngine, export_onnx, onnx_p
 from whales_identify.errors import InvalidImageError, ModelLoadError
 from whales_identify.gallery import Gallery
 from whales_identify.identify import Identifier
+from whales_identify.imaging import LIMITS
 
 DATA = Path(__file__).parent / "data"
 
@@ -85,11 +86,16 @@ def test_a_fresh_export_is_picked_up_and_stamped(tmp_path: Path) -> None:
     assert {p.key for p in onnx.load(str(path)).metadata_props} >= {VERSION_KEY}
 
 
-def test_a_broken_onnx_file_is_a_clear_error(tmp_path: Path) -> None:
-    bad = tmp_path / "whale_id.onnx"
-    bad.write_bytes(b"this is not a model")
+def test_a_broken_onnx_file_is_a_clear_error_and_auto_falls_back(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "whale_id.pt"
+    shutil.copyfile(DEFAULT_CHECKPOINT, checkpoint)
+    bad = onnx_path_for(checkpoint)
+    bad.write_bytes(b"this is not a model")  # e.g. an export cut short
     with pytest.raises(ModelLoadError, match="not a readable ONNX model"):
         OnnxEngine(bad)
+    with pytest.raises(ModelLoadError, match="not a readable ONNX model"):
+        Identifier.load(checkpoint, catalogue=None, engine="onnx")
+    assert Identifier.load(checkpoint, catalogue=None).engine.name == "torch"  # the app still starts
 
 
 def test_unknown_engine_is_refused() -> None:
@@ -103,7 +109,7 @@ def test_a_large_jpeg_is_decoded_straight_to_the_network_size(identifier: Identi
     photo.save(buffer, format="JPEG", quality=85)
     side = SpeedConfig().identify_long_side
     assert max(identifier.prepare_input(buffer.getvalue()).size) == side
-    assert max(identifier.prepare(buffer.getvalue()).size) == 1280  # the display size is unchanged
+    assert max(identifier.prepare(buffer.getvalue()).size) == LIMITS.decode_long_side  # display size unchanged
     # A panorama keeps a usable short side instead of being shrunk under the minimum.
     strip = Image.new("RGB", (3000, 40), (20, 60, 90))
     strip_bytes = io.BytesIO()
@@ -127,13 +133,28 @@ def _blas_threads() -> int:
 
 
 def test_blas_is_single_threaded_only_while_a_batch_runs() -> None:
-    before = _blas_threads()
+    with threadpool_limits(2, user_api="blas"):  # so that "back to before" is not already 1
+        before = _blas_threads()
+        assert before == 2
+        _check_blas_limit(before)
+
+
+def _check_blas_limit(before: int) -> None:
     with single_threaded_blas():
         assert _blas_threads() == 1
         with single_threaded_blas():  # a second, overlapping batch
             assert _blas_threads() == 1
         assert _blas_threads() == 1  # the first batch still runs
     assert _blas_threads() == before
+
+
+def test_a_batch_abandoned_half_way_releases_its_threads(identifier: Identifier) -> None:
+    photo = sorted(DATA.glob("*.jpg"))[0].read_bytes()
+    with threadpool_limits(2, user_api="blas"):
+        stream = identifier.identify_many((f"{i}.jpg", photo) for i in range(50))
+        assert next(stream)[0] == "0.jpg"
+        stream.close()  # the caller stops early (a closed page, a break)
+        assert _blas_threads() == 2
 
 
 def test_an_unexpected_error_in_a_batch_propagates_and_leaves_nothing_behind(identifier: Identifier) -> None:

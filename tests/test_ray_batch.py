@@ -16,13 +16,14 @@ import pytest
 
 from whales_identify.batch import CSV_COLUMNS
 from whales_identify.cli import main
-from whales_identify.scale import ResultsFile, ScaleError, import_ray, plan_work, run_ray_batch
+from whales_identify.config import DEFAULT_CHECKPOINT
+from whales_identify.scale import ResultsFile, ScaleError, ScaleSettings, import_ray, plan_work, run_ray_batch
 
 REPO = Path(__file__).parent.parent
 TOLERANCE = 1e-3  # probabilities: batches of another size can move the last float bits
 EXACT = ("file", "status", "error", "species", "individual_id", "new_individual", "rejected")
 PROBABILITIES = ("species_probability", "probability")
-BATCH = ["--batch-size", "2"]  # small batches: several Ray tasks over both workers, even for 9 photos
+BATCH = ["--batch-size", "2"]  # photos per forward pass, on both engines
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +92,15 @@ def local_table(photo_zip, tmp_path_factory) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def ray_csv(ray_instance, photo_zip, tmp_path_factory) -> Path:
+def ray_csv(ray_instance, identifier, photo_zip, tmp_path_factory) -> Path:
+    """Tasks of two photos over two workers: results from several tasks and actors are merged."""
     out = tmp_path_factory.mktemp("ray") / "ray.csv"
-    assert main(["batch", str(photo_zip), "--engine", "ray", "--workers", "2", "--csv", str(out), *BATCH]) == 0
+    summary = run_ray_batch(
+        identifier, photo_zip, out, checkpoint=DEFAULT_CHECKPOINT, workers=2, batch_size=2,
+        settings=ScaleSettings(photos_per_task=2),
+    )
+    assert summary.workers == 2
+    assert sum(summary.written.values()) == len(_read(out))
     return out
 
 
@@ -207,10 +214,13 @@ def test_cli_starts_and_stops_its_own_local_instance(local_table, samples, tmp_p
     _assert_same_table({k: local_table[k] for k in (name, "trip/readme.txt")}, table)
 
 
-def test_cli_says_when_no_cluster_answers(photo_zip, tmp_path) -> None:
-    done = _cli(str(photo_zip), "--engine", "ray", "--csv", str(tmp_path / "out.csv"), "--address", "127.0.0.1:1")
+def test_cli_says_when_no_cluster_answers_and_keeps_the_earlier_table(photo_zip, ray_csv, tmp_path) -> None:
+    out = tmp_path / "out.csv"
+    out.write_bytes(ray_csv.read_bytes())  # an earlier run's results, which --restart would replace
+    done = _cli(str(photo_zip), "--engine", "ray", "--restart", "--csv", str(out), "--address", "127.0.0.1:1")
     assert done.returncode == 2
     assert "error: nothing answers at 127.0.0.1:1" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_bytes() == ray_csv.read_bytes()  # a run that never started changes nothing
 
 
 def test_the_plan_applies_the_archive_rules_without_reading_photos(photo_zip) -> None:

@@ -159,7 +159,10 @@ def folder_skip_reason(path: Path, name: str, limits: ArchiveLimits = LIMITS) ->
         return "a symbolic link; skipped"
     if not is_image_name(name, limits):
         return "not a photo (by its extension); skipped"
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except OSError as exc:  # vanished or unreadable since it was listed
+        return f"cannot be read ({exc.strerror or exc})"
     if size > limits.max_member_uncompressed:
         return f"{size / 1e6:.0f} MB is over the per-photo limit"
     return None

@@ -20,6 +20,7 @@ from threadpoolctl import ThreadpoolController
 _lock = threading.Lock()
 _holders = 0
 _saved: list = []
+_controller: list[ThreadpoolController] = []  # made at first use, when numpy, torch and onnxruntime are loaded
 
 
 @contextmanager
@@ -28,8 +29,9 @@ def single_threaded_blas() -> Iterator[None]:
     global _holders
     with _lock:
         if _holders == 0:
-            # A fresh controller each time: it sees every BLAS loaded so far (torch, scipy, ... load their own).
-            _saved.append(ThreadpoolController().limit(limits=1, user_api="blas"))
+            if not _controller:
+                _controller.append(ThreadpoolController())
+            _saved.append(_controller[0].limit(limits=1, user_api="blas"))
         _holders += 1
     try:
         yield

@@ -10,7 +10,9 @@ PyTorch (see docs/SPEED.md); tests hold it to the PyTorch result.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import queue
 import threading
 import warnings
@@ -114,7 +116,10 @@ class OnnxEngine:
         try:
             session = pool.get_nowait()
         except queue.Empty:
-            session = self._new_session(threads or self.speed.onnx_threads)
+            try:
+                session = self._new_session(threads or self.speed.onnx_threads)
+            except Exception as exc:  # e.g. out of memory: onnxruntime's own exception types
+                raise ModelLoadError(f"cannot start another ONNX Runtime session: {exc}") from exc
         try:
             embeddings, logits = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch)})
         finally:
@@ -133,27 +138,32 @@ def export_onnx(model: WhaleNet, path: Path | str, model_version: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     size = model.config.image_size
     example = torch.zeros(1, 3, size, size)
-    model = model.eval().to(memory_format=torch.contiguous_format)
+    model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)  # the caller's stays as it is
     tmp = path.with_suffix(".tmp.onnx")
+    done = path.with_suffix(".new.onnx")
     # The TorchScript exporter: the newer torch.export one needs the onnxscript package as well.
     # Deprecated, but it exports this plain CNN exactly (outputs within 5e-7 of PyTorch, tested).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = VERSION_KEY, model_version
-    onnx.save(proto, str(path))
-    tmp.unlink()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = VERSION_KEY, model_version
+        onnx.save(proto, str(done))
+        os.replace(done, path)  # atomic: an interrupted export never leaves a half-written model
+    finally:
+        tmp.unlink(missing_ok=True)
+        done.unlink(missing_ok=True)
     return path
 
 
@@ -177,7 +187,13 @@ def choose_engine(
                 f"{onnx_file.name} not found; export it with `python -m whales_identify export-onnx`"
             )
         return TorchEngine(model)
-    engine = OnnxEngine(onnx_file, speed)
+    try:
+        engine = OnnxEngine(onnx_file, speed)
+    except ModelLoadError as exc:
+        if kind == "onnx":
+            raise
+        log.warning("%s; using PyTorch meanwhile (re-export with `python -m whales_identify export-onnx`)", exc)
+        return TorchEngine(model)
     exported_from = engine.model_version()
     if exported_from != model_version:
         message = (

@@ -88,7 +88,8 @@ class _Prepared:
 def _prepare(catalog: Catalog, identifier: Embedder, name: str, data: bytes) -> _Prepared:
     """Decode (InvalidImageError on a bad file), reduce to the stored crop, read EXIF."""
     cfg = catalog.config
-    image = identifier.prepare(data, long_side=cfg.crop_long_side)  # decoded straight to the stored size
+    # Decoded to about twice the stored size (fast), then reduced with a good filter by reduce_jpeg.
+    image = identifier.prepare(data, long_side=2 * cfg.crop_long_side)
     crop = reduce_jpeg(image, cfg.crop_long_side, cfg.crop_quality)
     thumb = thumbnail_jpeg(image, cfg.thumbnail_size, cfg.thumbnail_quality)
     return _Prepared(name, hashlib.sha256(data).hexdigest(), crop, thumb, read_metadata(data))

@@ -72,7 +72,7 @@ def load_evaluation_labels(csv_path: Path | str, root: Path | str) -> pd.DataFra
 
 
 def embed_files(
-    identifier: Identifier, paths: Sequence[Path], batch_size: int = 32
+    identifier: Identifier, paths: Sequence[Path], batch_size: int = 8
 ) -> list[ModelOutput | WhaleIdError]:
     """One forward pass per photo, in batches; an unreadable photo gives its error."""
     outputs: list[ModelOutput | WhaleIdError] = [WhaleIdError("not processed")] * len(paths)

@@ -96,9 +96,11 @@ class Identifier:
         catalogue: Path | str | Gallery | None = DEFAULT_CATALOGUE,
         inference_config: Path | str | InferenceConfig = DEFAULT_INFERENCE_CONFIG,
         engine: str | None = None,
+        speed: SpeedConfig | None = None,
     ) -> Identifier:
-        """``engine``: ``auto`` (default; ``WHALE_ID_ENGINE`` overrides), ``onnx`` or ``torch``."""
-        speed = SpeedConfig.from_env()
+        """``engine``: ``auto`` (default; ``WHALE_ID_ENGINE`` overrides), ``onnx`` or ``torch``;
+        ``speed``: threads and batching (default: this machine's cores)."""
+        speed = speed or SpeedConfig.from_env()
         model, meta = load_checkpoint(checkpoint)
         if isinstance(catalogue, Gallery):
             gallery = catalogue
@@ -132,9 +134,10 @@ class Identifier:
 
     def set_gallery(self, gallery: Gallery) -> None:
         """Swap the catalogue searched (e.g. after enrolment, or for evaluation)."""
-        self.gallery = gallery
         proto_rows = [self._prototype_index.get(name, -1) for name in gallery.individuals]
-        self._gallery_proto_rows = np.asarray(proto_rows, dtype=np.int64)
+        # One assignment, so a decision on another thread never pairs a gallery with another's rows.
+        self._view = (gallery, np.asarray(proto_rows, dtype=np.int64))
+        self.gallery = gallery
 
     # --- the model ---------------------------------------------------------------
     def prepare(self, source: ImageSource, long_side: int | None = None) -> Image.Image:
@@ -175,9 +178,10 @@ class Identifier:
         gallery = gallery or self.gallery
         sims = gallery.similarities(embedding) if sims is None else sims
         scores = gallery.best_per_individual(sims)
+        current, current_rows = self._view
         rows = (
-            self._gallery_proto_rows
-            if gallery is self.gallery
+            current_rows
+            if gallery is current
             else np.asarray([self._prototype_index.get(name, -1) for name in gallery.individuals], dtype=np.int64)
         )
         has_proto = rows >= 0
@@ -272,18 +276,24 @@ class Identifier:
         threads = 1 if self.engine.name == "onnx" and workers > 1 else None
         in_flight: deque[Future] = deque()
         chunk: list[tuple[str, ImageSource]] = []
-        with single_threaded_blas(), ThreadPoolExecutor(workers, thread_name_prefix="whales-identify") as pool:
-            for item in sources:
-                chunk.append(item)
-                if len(chunk) == chunk_size:
+        # numpy's BLAS stays on one thread for the whole batch (toggling it per chunk halved the
+        # throughput); closing the generator early, or an error, leaves the ``with`` and lifts it.
+        with single_threaded_blas():
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="whales-identify")
+            try:
+                for item in sources:
+                    chunk.append(item)
+                    if len(chunk) == chunk_size:
+                        in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
+                        chunk = []
+                        while len(in_flight) > CHUNKS_AHEAD_PER_WORKER * workers:
+                            yield from in_flight.popleft().result()
+                if chunk:
                     in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
-                    chunk = []
-                    while len(in_flight) > CHUNKS_AHEAD_PER_WORKER * workers:
-                        yield from in_flight.popleft().result()
-            if chunk:
-                in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
-            while in_flight:
-                yield from in_flight.popleft().result()
+                while in_flight:
+                    yield from in_flight.popleft().result()
+            finally:  # also when the caller stops early or an error escapes: queued chunks are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _chunking(self, batch_size: int | None) -> tuple[int, int]:
         return max(1, batch_size or self.speed.batch_chunk), max(1, self.speed.batch_workers)

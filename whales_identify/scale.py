@@ -40,7 +40,7 @@ from .archive import (
     zip_skip_reason,
 )
 from .batch import CSV_COLUMNS, BatchRow, identify_entries
-from .config import ArchiveLimits, InferenceConfig
+from .config import ArchiveLimits, InferenceConfig, SpeedConfig
 from .errors import WhaleIdError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,16 +174,16 @@ class IdentifyActor:
 
         if isinstance(gallery, ray.ObjectRef):
             gallery = ray.get(gallery)
-        self.identifier = Identifier.load(checkpoint, gallery, inference_config)
+        # Ray gives this worker ``threads`` cores: the model runs there, one photo after another.
+        speed = SpeedConfig.from_env()
+        speed.batch_workers = 1
+        speed.onnx_threads = speed.single_photo_threads = threads
+        self.identifier = Identifier.load(checkpoint, gallery, inference_config, speed=speed)
         if model_version and self.identifier.model_version != model_version:
             raise ScaleError(
                 f"{checkpoint} on this worker is model version {self.identifier.model_version}, "
                 f"the driver's is {model_version}: install the same model on every node"
             )
-        # Ray gives this worker ``threads`` cores: the model runs there, one photo after another.
-        self.identifier.speed.batch_workers = 1
-        self.identifier.speed.onnx_threads = threads
-        self.identifier.speed.single_photo_threads = threads
         self.reader = SourceReader(source, kind, limits)
         self.model_batch_size = model_batch_size
 
@@ -224,14 +224,21 @@ class ResultsFile:
         self.counts: Counter[str] = Counter()  # status → rows written by this run
         if not restart:
             self._load_previous()
-        fresh = restart or (not self.done and not self._has_header())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: IO[str] = self.path.open("w" if fresh else "a", newline="")
-        self._writer = csv.DictWriter(self._handle, fieldnames=CSV_COLUMNS)
-        if fresh:
-            self._writer.writeheader()
-            self._handle.flush()
+        self._fresh = restart or (not self.done and not self._has_header())
+        # Opened at the first write, not here: a run that fails before any result (Ray cannot start)
+        # leaves an earlier table as it was, even with --restart.
+        self._handle: IO[str] | None = None
         self._last_sync = time.monotonic()
+
+    def _writer(self) -> csv.DictWriter:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("w" if self._fresh else "a", newline="")
+            self._dict_writer = csv.DictWriter(self._handle, fieldnames=CSV_COLUMNS)
+            if self._fresh:
+                self._dict_writer.writeheader()
+                self._handle.flush()
+        return self._dict_writer
 
     def _has_header(self) -> bool:
         return self.path.exists() and self.path.stat().st_size > 0
@@ -278,8 +285,9 @@ class ResultsFile:
     def write(self, records: Iterable[dict[str, Any]]) -> int:
         """Append rows (CSV-ready cells), flush them; fsync now and then."""
         count = 0
+        writer = self._writer()
         for record in records:
-            self._writer.writerow(record)
+            writer.writerow(record)
             self.counts[record["status"]] += 1
             count += 1
         self._handle.flush()
@@ -289,6 +297,11 @@ class ResultsFile:
         return count
 
     def close(self) -> None:
+        if self._handle is None:
+            if self._fresh and not self.path.exists():
+                self._writer()  # a run with nothing to do still leaves a (header-only) table
+            else:
+                return
         if not self._handle.closed:
             self._handle.flush()
             os.fsync(self._handle.fileno())
