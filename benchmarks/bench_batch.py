@@ -14,10 +14,6 @@ Both engines (ONNX Runtime, the default, and PyTorch, the reference) are measure
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from _report import header, save  # beside this script
 
 from whales_identify.batch import run_batch
 from whales_identify.config import DEFAULT_DATA_ROOT
@@ -48,8 +46,7 @@ def build_zip(data_root: Path, n: int, path: Path) -> list[str]:
 
 def bare_forward(identifier: Identifier, arrays: list[np.ndarray]) -> float:
     """Photos per second of the forward pass alone, chunked and threaded as the pipeline does."""
-    chunk, workers = identifier.speed.batch_chunk, identifier.speed.batch_workers
-    threads = 1 if identifier.engine.name == "onnx" and workers > 1 else None
+    chunk, workers, threads = identifier.batch_plan()
     batches = [np.stack(arrays[i : i + chunk]) for i in range(0, len(arrays), chunk)]
     identifier.engine.run(batches[0], threads)  # warm-up
     with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
@@ -93,16 +90,12 @@ def main() -> None:
                   f"   ratio {end_to_end / bare:.2f}   ({ok}/{len(rows)} ok)")
     sizes = [max(image.size) for image in images]
     result = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
-        "command": "python benchmarks/bench_batch.py",
+        **header("python benchmarks/bench_batch.py"),
         "photos": f"{args.n} real photos from the shared data, seed 0; long side after decoding: "
         f"median {int(np.median(sizes))} px, max {max(sizes)} px",
         "engines": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,6 @@ not timed (bench_speed.py times it). Median and p95 over the queries.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from _report import header, save  # beside this script
 
 from whales_identify.config import REPO_DIR
 from whales_identify.gallery import Gallery
@@ -79,15 +77,11 @@ def main() -> None:
         identifier.set_gallery(Gallery.empty(identifier.model.config.embedding_dim))
 
     result = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
-        "command": "python benchmarks/bench_search.py",
+        **header("python benchmarks/bench_search.py"),
         "what": "Identifier.decide per query (search, best per individual, top-5, species); float32 embeddings",
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

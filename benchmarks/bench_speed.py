@@ -14,11 +14,7 @@ is bench_batch.py; catalogue search at 1k–1M photos is bench_search.py.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
-import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,6 +26,8 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from _report import header, save  # beside this script
 
 from whales_identify.config import REPO_DIR
 from whales_identify.identify import Identifier
@@ -119,9 +117,7 @@ def main() -> None:
     print(f"with the mask (1024 px photo): median {masked['median_ms']} ms (p95 {masked['p95_ms']})")
 
     result = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
-        "command": "python benchmarks/bench_speed.py",
+        **header("python benchmarks/bench_speed.py"),
         "cold_start_imports_s": float(imports_s),
         "cold_start_model_load_s": float(load_s),
         "default_engine": engine,
@@ -135,9 +131,7 @@ def main() -> None:
         "note": "this benchmark process holds both engines and the mask model; a user's process holds one "
         "engine: see the fresh-process numbers",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

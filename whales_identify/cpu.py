@@ -11,6 +11,7 @@ overlapping batches (two app sessions) restore it only when the last one ends.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,12 @@ from threadpoolctl import ThreadpoolController
 _lock = threading.Lock()
 _holders = 0
 _saved: list = []
-_controller: list[ThreadpoolController] = []  # made at first use, when numpy, torch and onnxruntime are loaded
+
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    """Made at first use, once numpy, torch and onnxruntime have loaded their thread pools."""
+    return ThreadpoolController()
 
 
 @contextmanager
@@ -29,9 +35,7 @@ def single_threaded_blas() -> Iterator[None]:
     global _holders
     with _lock:
         if _holders == 0:
-            if not _controller:
-                _controller.append(ThreadpoolController())
-            _saved.append(_controller[0].limit(limits=1, user_api="blas"))
+            _saved.append(_controller().limit(limits=1, user_api="blas"))
         _holders += 1
     try:
         yield

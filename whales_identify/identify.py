@@ -85,7 +85,6 @@ class Identifier:
         # ArcFace centres: one prototype per training individual (best sub-centre at query time).
         self._prototypes = model.arcface.prototypes().detach().numpy()
         self._prototype_index = {name: i for i, name in enumerate(meta["individuals"])}
-        self.gallery = gallery
         self.set_gallery(gallery)
 
     # --- construction ------------------------------------------------------------
@@ -271,9 +270,7 @@ class Identifier:
         release the GIL), with a bounded number of chunks in flight, so memory stays
         flat however long the stream is.
         """
-        chunk_size, workers = self._chunking(batch_size)
-        # ONNX Runtime: one single-threaded session per worker beats one session on all cores.
-        threads = 1 if self.engine.name == "onnx" and workers > 1 else None
+        chunk_size, workers, threads = self.batch_plan(batch_size)
         in_flight: deque[Future] = deque()
         chunk: list[tuple[str, ImageSource]] = []
         # numpy's BLAS stays on one thread for the whole batch (toggling it per chunk halved the
@@ -295,13 +292,17 @@ class Identifier:
             finally:  # also when the caller stops early or an error escapes: queued chunks are dropped
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _chunking(self, batch_size: int | None) -> tuple[int, int]:
-        return max(1, batch_size or self.speed.batch_chunk), max(1, self.speed.batch_workers)
+    def batch_plan(self, batch_size: int | None = None) -> tuple[int, int, int | None]:
+        """Photos per forward pass, worker threads, and engine threads per pass for a batch."""
+        chunk_size, workers = max(1, batch_size or self.speed.batch_chunk), max(1, self.speed.batch_workers)
+        # ONNX Runtime: one single-threaded session per worker beats one session on all cores.
+        threads = 1 if self.engine.name == "onnx" and workers > 1 else None
+        return chunk_size, workers, threads
 
     def max_photos_in_flight(self, batch_size: int | None = None) -> int:
         """The most photos ``identify_many`` holds at once: the chunks queued or running, plus
         the one being gathered and the one being handed out. Memory is bounded by this."""
-        chunk_size, workers = self._chunking(batch_size)
+        chunk_size, workers, _ = self.batch_plan(batch_size)
         return (CHUNKS_AHEAD_PER_WORKER * workers + 2) * chunk_size
 
     def _identify_chunk(
