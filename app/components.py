@@ -18,9 +18,9 @@ from PIL import Image
 
 from whales_identify.config import NON_CETACEAN
 from whales_identify.errors import ModelLoadError, WhaleIdError
-from whales_identify.exif import PhotoMetadata
-from whales_identify.mask import crop_to_box, overlay
-from whales_identify.results import Identification
+from whales_identify.inputs.exif import PhotoMetadata
+from whales_identify.matching.results import Identification
+from whales_identify.model.mask import crop_to_box, overlay
 
 log = logging.getLogger("whales_identify.app")
 

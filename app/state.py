@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -20,57 +18,34 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from whales_identify.catalog import Catalog
-from whales_identify.config import AppConfig
+from app.config import AppConfig
+from whales_identify.catalog.store import default_path
 from whales_identify.errors import WhaleIdError
-from whales_identify.exif import PhotoMetadata, read_metadata
-from whales_identify.gallery import Gallery
-from whales_identify.identify import Identifier
-from whales_identify.mask import AnimalMask, Masker
-from whales_identify.results import Identification
+from whales_identify.inputs.archive import is_image_name
+from whales_identify.inputs.exif import PhotoMetadata, read_metadata
+from whales_identify.matching.identifier import Identifier
+from whales_identify.matching.results import Identification
+from whales_identify.model.mask import AnimalMask, Masker
+from whales_identify.services import Services, load_services
 
 log = logging.getLogger("whales_identify.app")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
 
 
 def app_config() -> AppConfig:
     return AppConfig.from_env()
 
 
-@dataclass
-class Services:
-    """The shared model, the bundled catalogue it came with, and the user's catalogue over it."""
-
-    identifier: Identifier
-    bundled: Gallery
-    catalog: Catalog | None = None
-    catalog_error: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 @st.cache_resource(show_spinner="Loading the identification model…")
-def _load_services(checkpoint: str, catalogue: str, inference_config: str, catalog_home: str) -> Services:
-    gallery = None if catalogue.strip().lower() in ("", "none") else catalogue
-    identifier = Identifier.load(checkpoint, catalogue=gallery, inference_config=inference_config)
-    services = Services(identifier, identifier.gallery)
-    try:
-        services.catalog = Catalog(base=services.bundled, model_version=identifier.model_version)
-    except WhaleIdError as exc:  # the bundled catalogue still works without the user's one
-        services.catalog_error = str(exc)
-    return services
+def _load_services(checkpoint: str, catalogue: str, inference_config: str, catalog_path: str) -> Services:
+    # catalog_path is part of the cache key: another user catalogue is another set of services.
+    return load_services(checkpoint, catalogue, inference_config, db=catalog_path, user_catalog="open", keep_going=True)
 
 
 def services() -> Services:
-    """The shared services, with the identifier searching the bundled + user catalogue (ModelLoadError if missing)."""
+    """The shared services, searching the bundled + user catalogue as it is now (ModelLoadError if missing)."""
     config = app_config()
-    shared = _load_services(
-        config.checkpoint, config.catalogue, config.inference_config, os.environ.get("WHALES_ID_HOME", "")
-    )
-    if shared.catalog is not None:
-        current = shared.catalog.gallery()  # cached inside Catalog until it changes
-        if current is not shared.identifier.gallery:
-            with shared.lock:
-                shared.identifier.set_gallery(current)
+    shared = _load_services(config.checkpoint, config.catalogue, config.inference_config, str(default_path()))
+    shared.refresh()
     return shared
 
 
@@ -163,5 +138,5 @@ def examples() -> list[tuple[str, Path]]:
                     label = f"{label} ({path.name})"
                 found.append((label, path))
     if not found:
-        found = [(p.name, p) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        found = [(p.name, p) for p in sorted(folder.iterdir()) if is_image_name(p.name)]
     return found

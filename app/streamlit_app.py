@@ -6,14 +6,9 @@ Pages live in app/pages/; all the work is done by the ``whales_identify`` packag
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
+import streamlit as st
 
 st.set_page_config(page_title="Whale & dolphin ID", page_icon="🐋", layout="wide")
 

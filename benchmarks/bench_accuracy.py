@@ -14,18 +14,15 @@ import argparse
 import datetime as dt
 import json
 import platform
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
 from whales_identify.config import DEFAULT_CHECKPOINT, DEFAULT_DATA_ROOT, DEFAULT_INFERENCE_CONFIG
-from whales_identify.data import load_dataset
-from whales_identify.evaluate import QueryRecord, evaluate, format_table, summarise
-from whales_identify.identify import Identifier
+from whales_identify.matching.identifier import Identifier
+from whales_identify.training.data import load_dataset
+from whales_identify.training.evaluate import QueryRecord, evaluate, format_table, summarise
 
 GROUPS = {
     "right_whales": ["noaa_right_whale"],

@@ -14,7 +14,6 @@ Both engines (ONNX Runtime, the default, and PyTorch, the reference) are measure
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import zipfile
@@ -23,16 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
 from _report import header, save  # beside this script
 
-from whales_identify.batch import run_batch
+from whales_identify.batch.local import run_batch
 from whales_identify.config import DEFAULT_DATA_ROOT
-from whales_identify.cpu import single_threaded_blas
-from whales_identify.identify import Identifier
-from whales_identify.preprocess import to_array
+from whales_identify.matching.identifier import Identifier
+from whales_identify.model.preprocess import to_array
+from whales_identify.model.threads import single_threaded_blas
 
 
 def build_zip(data_root: Path, n: int, path: Path) -> list[str]:
@@ -86,8 +82,10 @@ def main() -> None:
                 "chunk": identifier.speed.batch_chunk,
                 "workers": identifier.speed.batch_workers,
             }
-            print(f"{engine:<6} end to end {end_to_end:6.1f} photos/s   bare forward {bare:6.1f} photos/s"
-                  f"   ratio {end_to_end / bare:.2f}   ({ok}/{len(rows)} ok)")
+            print(
+                f"{engine:<6} end to end {end_to_end:6.1f} photos/s   bare forward {bare:6.1f} photos/s"
+                f"   ratio {end_to_end / bare:.2f}   ({ok}/{len(rows)} ok)"
+            )
     sizes = [max(image.size) for image in images]
     result = {
         **header("python benchmarks/bench_batch.py"),

@@ -4,7 +4,7 @@
 
 Builds a ZIP of generated JPEGs (plus a few non-photos and a corrupt one), loads the bundled
 model, identifies one warm-up batch, resets the kernel's peak-RSS counter, then runs the whole
-ZIP through ``whales_identify.batch.run_batch`` (what the CLI and the app use) while sampling the
+ZIP through ``whales_identify.batch.local.run_batch`` (what the CLI and the app use) while sampling the
 resident memory. Streaming shows as a flat curve: the RSS after 10 % of the photos and after all
 of them are the same to within noise, and the peak does not grow with the number of photos.
 """
@@ -17,7 +17,6 @@ import io
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import zipfile
@@ -26,10 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from whales_identify.batch import run_batch
-from whales_identify.identify import Identifier
+from whales_identify.batch.local import run_batch
+from whales_identify.matching.identifier import Identifier
 
 
 def _status(field: str) -> float:

@@ -13,18 +13,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
 from whales_identify.config import DEFAULT_DATA_ROOT
-from whales_identify.data import load_dataset
-from whales_identify.evaluate import QueryRecord, gallery_from_outputs, summarise
-from whales_identify.identify import Identifier
-from whales_identify.imaging import decode_image
-from whales_identify.mask import Masker, crop_to_box
-from whales_identify.metrics import ground_truth
+from whales_identify.inputs.imaging import decode_image
+from whales_identify.matching.identifier import Identifier
+from whales_identify.model.mask import Masker, crop_to_box
+from whales_identify.training.data import load_dataset
+from whales_identify.training.evaluate import QueryRecord, gallery_from_outputs, summarise
+from whales_identify.training.metrics import ground_truth
 
 METRICS = ("known_top1", "known_top5", "known_map5", "map5", "species_accuracy", "new_individual_recall")
 

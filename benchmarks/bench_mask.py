@@ -15,17 +15,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image
 
 from whales_identify.config import REPO_DIR
-from whales_identify.imaging import decode_image
-from whales_identify.mask import Masker, overlay
+from whales_identify.inputs.imaging import decode_image
+from whales_identify.model.mask import Masker, overlay
 
 
 def _photo(path: str | None) -> tuple[str, Image.Image]:

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
 from _report import header, save  # beside this script
 
 from whales_identify.config import REPO_DIR
-from whales_identify.gallery import Gallery
-from whales_identify.identify import Identifier
+from whales_identify.matching.gallery import Gallery
+from whales_identify.matching.identifier import Identifier
 
 PHOTOS_PER_INDIVIDUAL = 5
 
@@ -63,16 +58,20 @@ def main() -> None:
             started = time.perf_counter()
             identifier.decide(outputs[i % len(outputs)])
             times.append((time.perf_counter() - started) * 1000)
-        rows.append({
-            "photos": n,
-            "individuals": n // PHOTOS_PER_INDIVIDUAL,
-            "median_ms": round(statistics.median(times), 2),
-            "p95_ms": round(float(np.percentile(times, 95)), 2),
-            "set_gallery_s": round(index_s, 3),
-            "matrix_mb": round(gallery.embeddings.nbytes / 1e6),
-        })
-        print(f"{n:>9,} photos  median {rows[-1]['median_ms']:>8.2f} ms  p95 {rows[-1]['p95_ms']:>8.2f} ms"
-              f"  (matrix {rows[-1]['matrix_mb']} MB)")
+        rows.append(
+            {
+                "photos": n,
+                "individuals": n // PHOTOS_PER_INDIVIDUAL,
+                "median_ms": round(statistics.median(times), 2),
+                "p95_ms": round(float(np.percentile(times, 95)), 2),
+                "set_gallery_s": round(index_s, 3),
+                "matrix_mb": round(gallery.embeddings.nbytes / 1e6),
+            }
+        )
+        print(
+            f"{n:>9,} photos  median {rows[-1]['median_ms']:>8.2f} ms  p95 {rows[-1]['p95_ms']:>8.2f} ms"
+            f"  (matrix {rows[-1]['matrix_mb']} MB)"
+        )
         del gallery
         identifier.set_gallery(Gallery.empty(identifier.model.config.embedding_dim))
 

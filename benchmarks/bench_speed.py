@@ -21,23 +21,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from _report import header, save  # beside this script
+from PIL import Image
 
 from whales_identify.config import REPO_DIR
-from whales_identify.identify import Identifier
-from whales_identify.mask import Masker
+from whales_identify.matching.identifier import Identifier
+from whales_identify.model.mask import Masker
 
 # A fresh process, as a user's: import, load, identify the samples; then its resident memory.
 COLD_START = """
 import glob, resource, time
 t0 = time.perf_counter()
-from whales_identify.identify import Identifier
+from whales_identify.matching.identifier import Identifier
 t1 = time.perf_counter()
 identifier = Identifier.load()
 t2 = time.perf_counter()
@@ -101,9 +97,11 @@ def main() -> None:
             "samples": timed(lambda i: identifier.identify(samples[i % len(samples)]), args.repeats),  # noqa: B023
             "phone_12mp": timed(lambda i: identifier.identify(phone), args.repeats // 2),  # noqa: B023
         }
-        print(f"{name:<6} one photo: samples median {engines[name]['samples']['median_ms']} ms"
-              f" (p95 {engines[name]['samples']['p95_ms']}), 12 MP JPEG median "
-              f"{engines[name]['phone_12mp']['median_ms']} ms (p95 {engines[name]['phone_12mp']['p95_ms']})")
+        print(
+            f"{name:<6} one photo: samples median {engines[name]['samples']['median_ms']} ms"
+            f" (p95 {engines[name]['samples']['p95_ms']}), 12 MP JPEG median "
+            f"{engines[name]['phone_12mp']['median_ms']} ms (p95 {engines[name]['phone_12mp']['p95_ms']})"
+        )
 
     identifier = Identifier.load()
     masker = Masker()

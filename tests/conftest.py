@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from whales_identify.identify import Identifier
+from whales_identify.matching.identifier import Identifier
 
 DATA = Path(__file__).parent / "data"
 
@@ -33,4 +33,4 @@ def known_samples(samples: pd.DataFrame, identifier: Identifier) -> pd.DataFrame
 @pytest.fixture(autouse=True)
 def private_catalog_home(tmp_path_factory, monkeypatch) -> None:
     """Never read or write the real user's catalogue from a test."""
-    monkeypatch.setenv("WHALES_ID_HOME", str(tmp_path_factory.mktemp("whales_home")))
+    monkeypatch.setenv("WHALE_ID_HOME", str(tmp_path_factory.mktemp("whales_home")))

@@ -2,34 +2,30 @@
 
 Uses the real bundled model (models/) and the sample photos in tests/data/;
 ``WHALE_ID_CHECKPOINT`` / ``WHALE_ID_CATALOGUE`` / ``WHALE_ID_TEST_PHOTOS``
-override them. The user catalogue goes to a temporary ``WHALES_ID_HOME``.
+override them. The user catalogue goes to a temporary ``WHALE_ID_HOME``.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import sys
 import tomllib
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.config import AppConfig
+from whales_identify.config import ImageLimits
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from whales_identify.config import AppConfig, ImageLimits  # noqa: E402
 
 APP = str(ROOT / "app" / "streamlit_app.py")
 PHOTO_DIR = Path(os.environ.get("WHALE_ID_TEST_PHOTOS", ROOT / "tests" / "data"))
 CHECKPOINT = Path(os.environ.get("WHALE_ID_CHECKPOINT", ROOT / "models" / "whale_id.pt"))
 TIMEOUT = 180  # seconds per run: a 2-core machine, the first run loads the model
-
 
 
 def _photos() -> list[Path]:
@@ -46,7 +42,7 @@ def _photo() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WHALES_ID_HOME", str(tmp_path / "catalogue_home"))
+    monkeypatch.setenv("WHALE_ID_HOME", str(tmp_path / "catalogue_home"))
 
 
 def _app() -> AppTest:

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from whales_identify.catalog import (
+from whales_identify.catalog.enrol import EnrolmentError, enrol_photo, enrol_zip
+from whales_identify.catalog.exchange import CatalogImportError, export_catalog, import_catalog
+from whales_identify.catalog.store import (
     Catalog,
     CatalogError,
     DuplicateIndividualError,
@@ -25,12 +27,12 @@ from whales_identify.catalog import (
     UnknownIndividualError,
     default_path,
 )
-from whales_identify.catalog_io import CatalogImportError, export_catalog, import_catalog
 from whales_identify.config import CatalogConfig
-from whales_identify.enrol import EnrolmentError, enrol_photo, enrol_zip
 from whales_identify.errors import WhaleIdError
-from whales_identify.gallery import Gallery
-from whales_identify.imaging import decode_image
+from whales_identify.inputs.imaging import decode_image
+from whales_identify.matching import decide as rules
+from whales_identify.matching.gallery import Gallery
+from whales_identify.matching.identifier import ModelOutput
 
 DIM = 48
 TESTS_DATA = Path(__file__).parent / "data"
@@ -61,6 +63,9 @@ class FakeEmbedder:
             out.append(_Output((v / np.linalg.norm(v)).astype(np.float32)))
         return out
 
+    def set_gallery(self, gallery: Gallery) -> None:
+        self.gallery = gallery
+
 
 def photo(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:
     rng = np.random.default_rng(seed)
@@ -83,17 +88,30 @@ def random_unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def record(i: int, individual: str, embedding: np.ndarray, version: str = "fake-1", new: bool = True,
-           species: str = "humpback_whale") -> NewImage:
-    return NewImage(individual, species, f"{i:064x}", b"thumb", b"crop", embedding, version, new=new,
-                    source_name=f"p{i}.jpg")
+def record(
+    i: int,
+    individual: str,
+    embedding: np.ndarray,
+    version: str = "fake-1",
+    new: bool = True,
+    species: str = "humpback_whale",
+) -> NewImage:
+    return NewImage(
+        individual, species, f"{i:064x}", b"thumb", b"crop", embedding, version, new=new, source_name=f"p{i}.jpg"
+    )
 
 
 def base_gallery(version: str = "fake-1") -> Gallery:
     rng = np.random.default_rng(0)
     ids = np.array(["B1", "B1", "B2"])
-    return Gallery(random_unit(rng, 3), ids, np.array(["fin_whale", "fin_whale", "blue_whale"]),
-                   np.array(["b1a", "b1b", "b2"]), {"B1": b"jpeg-b1"}, version)
+    return Gallery(
+        random_unit(rng, 3),
+        ids,
+        np.array(["fin_whale", "fin_whale", "blue_whale"]),
+        np.array(["b1a", "b1b", "b2"]),
+        {"B1": b"jpeg-b1"},
+        version,
+    )
 
 
 def snapshot(path: Path) -> list:
@@ -111,7 +129,7 @@ def catalog(tmp_path: Path) -> Catalog:
 
 # --- basics ------------------------------------------------------------------------------------------
 def test_schema_wal_and_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WHALES_ID_HOME", str(tmp_path / "home" / "sub"))
+    monkeypatch.setenv("WHALE_ID_HOME", str(tmp_path / "home" / "sub"))
     assert default_path() == tmp_path / "home" / "sub" / "catalog.sqlite3"
     with Catalog() as cat:
         assert cat.path.exists() and cat.schema_version == 1
@@ -172,10 +190,14 @@ def test_duplicate_photo_detected_not_readded(catalog: Catalog, tmp_path: Path) 
     first = enrol_photo(catalog, fake, photo(7), "W1", "humpback_whale", "x.jpg", new=True)
     again = enrol_photo(catalog, fake, photo(7), "W1", source_name="copy.jpg")
     assert again.status == "duplicate" and again.image_id == first.image_id
-    report = enrol_zip(catalog, fake, make_zip(tmp_path / "d.zip", {"W1/x.jpg": photo(7), "W1/y.jpg": photo(8),
-                                                                     "W1/y2.jpg": photo(8)}))
+    report = enrol_zip(
+        catalog, fake, make_zip(tmp_path / "d.zip", {"W1/x.jpg": photo(7), "W1/y.jpg": photo(8), "W1/y2.jpg": photo(8)})
+    )
     assert sorted((r.file, r.status) for r in report.rows) == [
-        ("W1/x.jpg", "duplicate"), ("W1/y.jpg", "added"), ("W1/y2.jpg", "duplicate")]
+        ("W1/x.jpg", "duplicate"),
+        ("W1/y.jpg", "added"),
+        ("W1/y2.jpg", "duplicate"),
+    ]
     assert catalog.stats()["images"] == 2 and len(catalog.audit_log()) == 2
 
 
@@ -188,11 +210,16 @@ def test_enrol_zip_folders_and_csv(catalog: Catalog, tmp_path: Path) -> None:
     batch = CatalogConfig().embed_batch_size
     assert fake.calls == -(-20 // batch)  # embedded in batches, not one by one
     csv_text = "image,individual_id,species\nimgs/a.jpg,B1,\nimgs/b.jpg,N9,beluga\n"
-    listed = make_zip(tmp_path / "c.zip", {"labels.csv": csv_text.encode(), "imgs/a.jpg": photo(100),
-                                           "imgs/b.jpg": photo(101), "imgs/c.jpg": photo(102)})
+    listed = make_zip(
+        tmp_path / "c.zip",
+        {"labels.csv": csv_text.encode(), "imgs/a.jpg": photo(100), "imgs/b.jpg": photo(101), "imgs/c.jpg": photo(102)},
+    )
     report = enrol_zip(catalog, fake, listed)
-    assert {r.file: r.status for r in report.rows} == {"imgs/a.jpg": "added", "imgs/b.jpg": "added",
-                                                        "imgs/c.jpg": "skipped"}
+    assert {r.file: r.status for r in report.rows} == {
+        "imgs/a.jpg": "added",
+        "imgs/b.jpg": "added",
+        "imgs/c.jpg": "skipped",
+    }
     frame = catalog.individuals(include_bundled=True).set_index("id")
     assert frame.loc["N9", "species"] == "beluga" and frame.loc["N9", "origin"] == "user"
     assert frame.loc["B1", "origin"] == "bundled" and frame.loc["B1", "n_photos"] == 3  # 2 bundled + 1 user
@@ -256,8 +283,10 @@ def test_rename_merge_remove_audit(catalog: Catalog) -> None:
 
 def test_gallery_layers_filters_and_thumbnails(catalog: Catalog) -> None:
     rng = np.random.default_rng(3)
-    imgs = [record(1, "U1", random_unit(rng, 1)[0], species="fin_whale"),
-            record(2, "U2", random_unit(rng, 1)[0], species="beluga")]
+    imgs = [
+        record(1, "U1", random_unit(rng, 1)[0], species="fin_whale"),
+        record(2, "U2", random_unit(rng, 1)[0], species="beluga"),
+    ]
     imgs[0].tags, imgs[0].latitude, imgs[0].longitude = "survey-2024, north", 60.0, -20.0
     catalog.add_images(imgs)
     g = catalog.gallery()
@@ -303,6 +332,12 @@ def test_mixed_embedding_dimensions_refused(tmp_path: Path) -> None:
             cat.gallery()
 
 
+def _top_individuals(gallery, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """The one search path: best photo per individual, then the top k."""
+    best = gallery.best_per_individual(gallery.similarities(query))
+    return [(str(gallery.individuals[i]), float(best[i])) for i in rules.top_k(best, k)]
+
+
 # --- search -------------------------------------------------------------------------------------------------
 def test_search_equals_brute_force_1k(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
@@ -319,16 +354,16 @@ def test_search_equals_brute_force_1k(tmp_path: Path) -> None:
                 for owner, s in zip(owners[mask], sims, strict=True):
                     best[f"I{owner:03d}"] = max(best.get(f"I{owner:03d}", -2.0), float(s))
                 expected = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-                got = cat.search(query, 10, species=sp)
+                got = _top_individuals(cat.gallery(species=sp), query, 10)
                 assert [i for i, _ in got] == [i for i, _ in expected]
                 np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5, atol=1e-6)
         # the cache is invalidated by a write (this process or another)
         target = random_unit(rng, 1)[0]
         cat.add_images([record(5000, "Z", target)])
-        assert cat.search(target, 1)[0][0] == "Z"
+        assert _top_individuals(cat.gallery(), target, 1)[0][0] == "Z"
         with Catalog(cat.path, model_version="fake-1") as other:
             other.remove_individual("Z")
-        assert cat.search(target, 1)[0][0] != "Z"
+        assert _top_individuals(cat.gallery(), target, 1)[0][0] != "Z"
 
 
 # --- export / import ----------------------------------------------------------------------------------------
@@ -340,10 +375,15 @@ def _table_rows(cat: Catalog) -> tuple[list, list]:
 
 def test_export_import_round_trip_exact(catalog: Catalog, tmp_path: Path) -> None:
     fake = FakeEmbedder()
-    enrol_zip(catalog, fake, make_zip(tmp_path / "e.zip", {f"W{i % 4}/{i}.jpg": photo(i) for i in range(10)}),
-              species="beluga", tags="t1,t2")
+    enrol_zip(
+        catalog,
+        fake,
+        make_zip(tmp_path / "e.zip", {f"W{i % 4}/{i}.jpg": photo(i) for i in range(10)}),
+        species="beluga",
+        tags="t1,t2",
+    )
     enrol_photo(catalog, FakeEmbedder("fake-0"), photo(99), "B1", source_name="old-model.jpg")
-    catalog.rename("W1", name="Névé, \"quoted\"", notes="line1\nline2")
+    catalog.rename("W1", name='Névé, "quoted"', notes="line1\nline2")
     with catalog.transaction() as conn:
         conn.execute("UPDATE images SET latitude = 0.1 + 0.2, longitude = -1e-300 WHERE id = 1")
     manifest = export_catalog(catalog, tmp_path / "export.zip")
@@ -432,7 +472,7 @@ def test_two_processes_enrolling_lose_nothing(tmp_path: Path) -> None:
 def test_cli_list_stats_export_import_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from whales_identify.catalog_cli import register
+    from whales_identify.cli.catalog import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -454,14 +494,15 @@ def test_cli_list_stats_export_import_remove(tmp_path: Path, capsys: pytest.Capt
         run("remove", "W1", "--db", str(db))
 
 
-def test_cli_add_photo_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_add_photo_and_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import argparse
 
-    from whales_identify import identify
-    from whales_identify.catalog_cli import register
+    from whales_identify.cli.catalog import register
+    from whales_identify.matching.identifier import Identifier
 
-    monkeypatch.setattr(identify.Identifier, "load", classmethod(lambda cls, *a, **k: FakeEmbedder()))
+    monkeypatch.setattr(Identifier, "load", classmethod(lambda cls, *a, **k: FakeEmbedder()))
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     db = str(tmp_path / "cli.sqlite3")
@@ -498,8 +539,7 @@ def real_identifier(identifier):
     identifier.set_gallery(original)
 
 
-def test_real_identifier_enrol_search_identify(real_identifier, samples,
-                                               tmp_path: Path) -> None:
+def test_real_identifier_enrol_search_identify(real_identifier, samples, tmp_path: Path) -> None:
     identifier = real_identifier
     photos = _real_photos(samples, 6)
     species = identifier.species_names[0]
@@ -520,8 +560,16 @@ def test_real_identifier_enrol_search_identify(real_identifier, samples,
         identifier.set_gallery(gallery)
         query = identifier.identify(photos[0][1]).embedding
         brute = {u: float((gallery.embeddings[gallery.individual_ids == u] @ query).max()) for u in users}
-        scores = dict(zip(gallery.individuals.tolist(), identifier.individual_scores(query).tolist(), strict=True))
-        found = dict(cat.search(query, len(gallery.individuals)))
+        scores = dict(
+            zip(
+                gallery.individuals.tolist(),
+                rules.individual_scores(
+                    gallery, identifier.scores(ModelOutput(query, np.zeros(1)), gallery), identifier.config
+                ).tolist(),
+                strict=True,
+            )
+        )
+        found = dict(_top_individuals(gallery, query, len(gallery.individuals)))
         for name, value in brute.items():
             assert scores[name] == pytest.approx(value, abs=1e-5)
             assert found[name] == pytest.approx(value, abs=1e-5)

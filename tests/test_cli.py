@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whales_identify.cli import main
+from whales_identify.cli.main import main
 from whales_identify.config import DEFAULT_CHECKPOINT
-from whales_identify.identify import Identifier
+from whales_identify.matching.identifier import Identifier
 
 DATA = Path(__file__).parent / "data"
 

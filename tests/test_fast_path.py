@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,13 @@ from PIL import Image
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from whales_identify.config import DEFAULT_CATALOGUE, DEFAULT_CHECKPOINT, SpeedConfig
-from whales_identify.cpu import single_threaded_blas
-from whales_identify.engines import VERSION_KEY, OnnxEngine, export_onnx, onnx_path_for
 from whales_identify.errors import InvalidImageError, ModelLoadError
-from whales_identify.gallery import Gallery
-from whales_identify.identify import Identifier
-from whales_identify.imaging import LIMITS
+from whales_identify.inputs.imaging import LIMITS
+from whales_identify.matching.gallery import Gallery
+from whales_identify.matching.identifier import Identifier
+from whales_identify.model.engines import INFO_KEY, VERSION_KEY, OnnxEngine, onnx_path_for
+from whales_identify.model.threads import single_threaded_blas
+from whales_identify.model.torch_engine import export_onnx
 
 DATA = Path(__file__).parent / "data"
 
@@ -65,7 +67,9 @@ def test_a_stale_export_is_never_used(tmp_path: Path) -> None:
     checkpoint = tmp_path / "whale_id.pt"
     shutil.copyfile(DEFAULT_CHECKPOINT, checkpoint)
     reference = Identifier.load(checkpoint, catalogue=None, engine="torch")
-    export_onnx(reference.model, onnx_path_for(checkpoint), "another-model")
+    export_onnx(
+        reference.engine.model, onnx_path_for(checkpoint), replace(reference.network, model_version="another-model")
+    )
     assert Identifier.load(checkpoint, catalogue=None).engine.name == "torch"  # auto falls back
     with pytest.raises(ModelLoadError, match="re-export"):
         Identifier.load(checkpoint, catalogue=None, engine="onnx")
@@ -77,13 +81,16 @@ def test_a_fresh_export_is_picked_up_and_stamped(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="export-onnx"):
         Identifier.load(checkpoint, catalogue=None, engine="onnx")  # no export yet
     reference = Identifier.load(checkpoint, catalogue=None, engine="torch")
-    path = export_onnx(reference.model, onnx_path_for(checkpoint), reference.model_version)
+    path = export_onnx(reference.engine.model, onnx_path_for(checkpoint), reference.network)
     engine = OnnxEngine(path)
     assert engine.model_version() == reference.model_version
     assert Identifier.load(checkpoint, catalogue=DEFAULT_CATALOGUE).engine.name == "onnx"
     import onnx
 
-    assert {p.key for p in onnx.load(str(path)).metadata_props} >= {VERSION_KEY}
+    assert {p.key for p in onnx.load(str(path)).metadata_props} >= {VERSION_KEY, INFO_KEY}
+    served = Identifier.load(checkpoint, catalogue=None)
+    assert served.network.individuals == reference.network.individuals
+    np.testing.assert_allclose(served.network.prototypes, reference.network.prototypes, atol=1e-6)
 
 
 def test_a_broken_onnx_file_is_a_clear_error_and_auto_falls_back(tmp_path: Path) -> None:
@@ -169,3 +176,18 @@ def test_an_unexpected_error_in_a_batch_propagates_and_leaves_nothing_behind(ide
         list(identifier.identify_many(items()))
     assert _blas_threads() == before
     assert [name for name, _ in identifier.identify_many([("again.jpg", photo)])] == ["again.jpg"]
+
+
+def test_serving_imports_neither_torch_nor_timm() -> None:
+    """The ONNX path answers from the export alone: torch and timm cost seconds and 300+ MB to import."""
+    import subprocess
+    import sys
+
+    sample = next(p for p in sorted((DEFAULT_CHECKPOINT.parents[1] / "tests" / "data").glob("*.jpg")))
+    code = (
+        "import sys; from whales_identify import Identifier; "
+        f"r = Identifier.load().identify({str(sample)!r}); "
+        "print(r.answer, 'torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1:] == ["False", "False"], out

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from whales_identify.archive import _is_ignored, _unsafe_path, iter_zip
 from whales_identify.config import ArchiveLimits, ImageLimits
 from whales_identify.errors import InvalidArchiveError, InvalidImageError
-from whales_identify.imaging import decode_image
+from whales_identify.inputs.archive import _is_ignored, _unsafe_path, iter_zip
+from whales_identify.inputs.imaging import decode_image
 
 EXAMPLES = int(os.environ.get("WHALE_ID_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
@@ -100,12 +100,28 @@ def test_decode_image_only_ever_raises_invalid_image_error(data: bytes) -> None:
 
 
 NAMES = st.one_of(
-    st.sampled_from([
-        "a.jpg", "dir/b.jpg", "../up.jpg", "/abs.jpg", "C:/win.jpg", "..\\back.jpg", "__MACOSX/x/._a.jpg",
-        ".hidden.jpg", "dir/.DS_Store", "inner.zip", "notes.txt", "same/a.jpg", "other/a.jpg", "dir/",
-        "a/b/../../c.png",
-        "ünïcode/Ωhale.JPG", "spaces in name.jpeg", "x" * 200 + ".png",
-    ]),
+    st.sampled_from(
+        [
+            "a.jpg",
+            "dir/b.jpg",
+            "../up.jpg",
+            "/abs.jpg",
+            "C:/win.jpg",
+            "..\\back.jpg",
+            "__MACOSX/x/._a.jpg",
+            ".hidden.jpg",
+            "dir/.DS_Store",
+            "inner.zip",
+            "notes.txt",
+            "same/a.jpg",
+            "other/a.jpg",
+            "dir/",
+            "a/b/../../c.png",
+            "ünïcode/Ωhale.JPG",
+            "spaces in name.jpeg",
+            "x" * 200 + ".png",
+        ]
+    ),
     st.text(min_size=1, max_size=30),
 )
 
@@ -118,8 +134,9 @@ def zip_bytes(draw) -> bytes:
         for _ in range(draw(st.integers(0, 6))):
             name = draw(NAMES)
             info = zipfile.ZipInfo(name)
-            info.compress_type = draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED,
-                                                       zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]))
+            info.compress_type = draw(
+                st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+            )
             if draw(st.booleans()):
                 info.external_attr = draw(st.sampled_from([0o120777, 0o100644, 0o040755])) << 16
             content = draw(st.one_of(st.just(photo), st.binary(max_size=64), st.just(b"\0" * 200_000)))

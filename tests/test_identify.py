@@ -85,7 +85,7 @@ def test_species_map_matches_catalogue(identifier) -> None:
 
 
 def test_checkpoint_carries_what_reproduces_it(identifier) -> None:
-    meta = identifier.meta
+    meta = identifier.network.meta
     assert meta["individuals"] and meta["species"] and NON_CETACEAN in meta["species"]
     assert "train" in meta["command"] and meta["train_config"]["seed"] is not None
     assert identifier.gallery.model_version == identifier.model_version

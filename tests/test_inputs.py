@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from whales_identify.archive import iter_photos, iter_zip
 from whales_identify.config import ArchiveLimits, ImageLimits
 from whales_identify.errors import InvalidArchiveError, InvalidImageError
-from whales_identify.imaging import decode_image
+from whales_identify.inputs.archive import iter_photos, iter_zip
+from whales_identify.inputs.imaging import decode_image
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -205,7 +205,7 @@ def test_large_images_without_a_reduced_decode_are_refused_before_reading(fmt: s
 _RSS_SCRIPT = r"""
 import resource, sys
 from whales_identify.errors import InvalidImageError
-from whales_identify.imaging import decode_image
+from whales_identify.inputs.imaging import decode_image
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
@@ -260,7 +260,7 @@ def test_symlink_member_is_skipped_not_followed() -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         info = zipfile.ZipInfo("link.jpg")
-        info.external_attr = (0o120777 << 16)  # S_IFLNK: a symbolic link, as `zip -y` stores one
+        info.external_attr = 0o120777 << 16  # S_IFLNK: a symbolic link, as `zip -y` stores one
         archive.writestr(info, "/etc/passwd")
     buffer.seek(0)
     (entry,) = iter_zip(buffer)

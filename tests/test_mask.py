@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from whales_identify.config import MaskConfig
 from whales_identify.errors import ModelLoadError
-from whales_identify.mask import AnimalMask, Masker, crop_to_box, mask_box, overlay
+from whales_identify.model.mask import AnimalMask, Masker, crop_to_box, mask_box, overlay
 
 
 def _mask(size=(100, 80), box=(10, 20, 60, 50)) -> Image.Image:

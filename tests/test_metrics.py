@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whales_identify.metrics import average_precision_at_5, ground_truth, map_at_5, top_k_accuracy
+from whales_identify.training.metrics import average_precision_at_5, ground_truth, map_at_5, top_k_accuracy
 
 
 def test_ap5_is_reciprocal_rank_of_first_hit() -> None:

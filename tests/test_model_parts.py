@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from whales_identify.config import ModelConfig
-from whales_identify.model import ArcFace, GeM, WhaleNet, dynamic_margins
-from whales_identify.pretrained import PretrainedWeightsUnavailable, load_imagenet_weights
+from whales_identify.model.network import ArcFace, GeM, WhaleNet, dynamic_margins
+from whales_identify.training.pretrained import PretrainedWeightsUnavailable, load_imagenet_weights
 
 
 def test_gem_with_p1_is_average_pooling() -> None:

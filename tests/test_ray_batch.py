@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from whales_identify.batch import CSV_COLUMNS
-from whales_identify.cli import main
+from whales_identify.batch.local import CSV_COLUMNS
+from whales_identify.batch.on_ray import ResultsFile, ScaleError, ScaleSettings, import_ray, plan_work, run_ray_batch
+from whales_identify.cli.main import main
 from whales_identify.config import DEFAULT_CHECKPOINT
-from whales_identify.scale import ResultsFile, ScaleError, ScaleSettings, import_ray, plan_work, run_ray_batch
 
 REPO = Path(__file__).parent.parent
 TOLERANCE = 1e-3  # probabilities: batches of another size can move the last float bits
@@ -96,7 +96,12 @@ def ray_csv(ray_instance, identifier, photo_zip, tmp_path_factory) -> Path:
     """Tasks of two photos over two workers: results from several tasks and actors are merged."""
     out = tmp_path_factory.mktemp("ray") / "ray.csv"
     summary = run_ray_batch(
-        identifier, photo_zip, out, checkpoint=DEFAULT_CHECKPOINT, workers=2, batch_size=2,
+        identifier,
+        photo_zip,
+        out,
+        checkpoint=DEFAULT_CHECKPOINT,
+        workers=2,
+        batch_size=2,
         settings=ScaleSettings(photos_per_task=2),
     )
     assert summary.workers == 2
@@ -248,7 +253,7 @@ def test_results_file_drops_a_line_cut_off_by_a_crash(tmp_path) -> None:
 def test_without_ray_the_module_imports_and_the_cli_says_how_to_install_it(
     photo_zip, tmp_path, monkeypatch, capsys
 ) -> None:
-    blocked = "import sys; sys.modules['ray'] = None; import whales_identify.scale, whales_identify.cli"
+    blocked = "import sys; sys.modules['ray'] = None; import whales_identify.batch.on_ray, whales_identify.cli.main"
     assert subprocess.run([sys.executable, "-c", blocked], cwd=REPO, check=False).returncode == 0
     monkeypatch.setitem(sys.modules, "ray", None)  # ``import ray`` now fails as if it were not installed
     assert main(["batch", str(photo_zip), "--engine", "ray", "--csv", str(tmp_path / "out.csv")]) == 2

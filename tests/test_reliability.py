@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from whales_identify.archive import ArchiveEntry
-from whales_identify.batch import identify_entries
-from whales_identify.catalog import Catalog
+from whales_identify.batch.local import identify_entries
+from whales_identify.catalog.store import Catalog
 from whales_identify.config import DEFAULT_CATALOGUE, DEFAULT_CHECKPOINT
 from whales_identify.errors import ModelLoadError
-from whales_identify.gallery import Gallery
-from whales_identify.identify import Identifier
+from whales_identify.inputs.archive import ArchiveEntry
+from whales_identify.matching.gallery import Gallery
+from whales_identify.matching.identifier import Identifier
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -45,7 +45,7 @@ _KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from whales_identify.catalog import Catalog, NewImage
+    from whales_identify.catalog.store import Catalog, NewImage
 
     def record(i):
         v = np.ones(48, np.float32) / np.sqrt(48)
@@ -96,7 +96,7 @@ def test_sigkill_mid_enrolment_leaves_a_consistent_catalogue(tmp_path: Path) -> 
         assert len(catalog.audit_log()) == 5
         assert sorted(catalog.individuals(include_bundled=False)["id"]) == [f"K{i}" for i in range(5)]
         # the lock died with the process: the next writer is not blocked
-        from whales_identify.catalog import NewImage
+        from whales_identify.catalog.store import NewImage
 
         v = np.ones(48, np.float32) / np.sqrt(48)
         catalog.add_images([NewImage("AFTER", "beluga", "f" * 64, b"t", b"c", v, "v1", new=True)])
@@ -107,8 +107,14 @@ def test_sigkill_mid_enrolment_leaves_a_consistent_catalogue(tmp_path: Path) -> 
 def test_bundled_catalogue_from_another_model_version_is_explained(tmp_path: Path) -> None:
     bundled = Gallery.load(DEFAULT_CATALOGUE)
     assert bundled.model_version, "the bundled catalogue records the model version that made it"
-    foreign = Gallery(bundled.embeddings, bundled.individual_ids, bundled.species, bundled.image_names,
-                      bundled.thumbnails, "0123456789ab")
+    foreign = Gallery(
+        bundled.embeddings,
+        bundled.individual_ids,
+        bundled.species,
+        bundled.image_names,
+        bundled.thumbnails,
+        "0123456789ab",
+    )
     foreign.save(tmp_path / "old_catalogue.npz")
     with pytest.raises(ModelLoadError) as info:
         Identifier.load(DEFAULT_CHECKPOINT, catalogue=tmp_path / "old_catalogue.npz")
@@ -184,11 +190,9 @@ def test_concurrent_identification_gives_the_sequential_answers(identifier: Iden
 
 # --- the app: a failing page does not break the session --------------------------------------------------
 def test_a_failing_page_leaves_the_other_pages_working(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("WHALES_ID_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WHALE_ID_HOME", str(tmp_path / "home"))
     at = AppTest.from_file(str(ROOT / "app" / "streamlit_app.py"), default_timeout=180)
     at.run()
     assert not at.exception

@@ -6,25 +6,39 @@ benchmarks) goes through this package; it knows nothing of any UI.
 
     from whales_identify import Identifier
     result = Identifier.load().identify("photo.jpg")
+
+The folders are the architecture (docs/ARCHITECTURE.md): ``inputs`` (untrusted
+bytes → photos), ``model`` (the networks and how they run), ``matching`` (catalogue
+search and the decision rules), ``catalog`` (the user's own catalogue),
+``batch`` (many photos, locally or on Ray), ``training`` (data, training,
+tuning, bundling, evaluation) and ``cli``; ``services`` assembles them.
 """
 
-# Must run before anything imports timm (see _torchvision_guard's docstring).
-from . import _torchvision_guard  # noqa: F401  isort: skip
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
+# Public name → module; imported on first use, so ``import whales_identify`` stays cheap.
+_EXPORTS = {
+    "Identifier": "whales_identify.matching.identifier",
+    "Identification": "whales_identify.matching.results",
+    "Candidate": "whales_identify.matching.results",
+    "Gallery": "whales_identify.matching.gallery",
+    "Catalog": "whales_identify.catalog.store",
+    "Services": "whales_identify.services",
+    "load_services": "whales_identify.services",
+    "WhaleIdError": "whales_identify.errors",
+}
 
-def __getattr__(name: str):
-    """Lazy exports, so importing the package for a light helper stays cheap."""
-    if name == "Identifier":
-        from .identify import Identifier
 
-        return Identifier
-    if name in ("Identification", "Candidate"):
-        from . import results
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(results, name)
-    raise AttributeError(name)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'whales_identify' has no attribute {name!r}")
 
 
-__all__ = ["Candidate", "Identification", "Identifier", "__version__"]
+__all__ = [*_EXPORTS, "__version__"]

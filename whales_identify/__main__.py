@@ -1,5 +1,5 @@
-"""``python -m whales_identify``: see ``whales_identify.cli``."""
+"""``python -m whales_identify``: see ``whales_identify.cli.main``."""
 
-from .cli import main
+from whales_identify.cli.main import main
 
 raise SystemExit(main())

@@ -12,10 +12,10 @@ import streamlit as st
 
 from app import components as ui
 from app.state import app_config, get_identifier, get_masker
-from whales_identify.archive import ArchiveEntry, check_zip, iter_photos, open_zip
-from whales_identify.batch import BatchRow, identify_entries, write_csv
+from whales_identify.batch.local import BatchRow, identify_entries, write_csv
 from whales_identify.errors import WhaleIdError
-from whales_identify.imaging import decode_image
+from whales_identify.inputs.archive import ArchiveEntry, check_zip, iter_photos, open_zip
+from whales_identify.inputs.imaging import decode_image
 
 UPLOAD_TYPES = ["zip", "jpg", "jpeg", "png", "webp", "tif", "tiff"]
 

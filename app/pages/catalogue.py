@@ -9,8 +9,8 @@ import streamlit as st
 
 from app import components as ui
 from app.state import services
-from whales_identify.catalog_io import export_catalog, import_catalog
-from whales_identify.enrol import EnrolmentError, enrol_zip
+from whales_identify.catalog.enrol import EnrolmentError, enrol_zip
+from whales_identify.catalog.exchange import export_catalog, import_catalog
 
 
 def _browse(shared) -> None:

@@ -6,8 +6,8 @@ import streamlit as st
 
 from app import components as ui
 from app.state import PhotoResult, app_config, examples, get_identifier, photo_result, services
-from whales_identify.catalog import CatalogError
-from whales_identify.enrol import enrol_photo
+from whales_identify.catalog.enrol import enrol_photo
+from whales_identify.catalog.store import CatalogError
 
 PHOTO_TYPES = ["jpg", "jpeg", "png", "webp", "tif", "tiff"]
 

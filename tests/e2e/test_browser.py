@@ -84,7 +84,7 @@ def shots() -> Path:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHALES_ID_HOME": tempfile.mkdtemp(prefix="whale_id_catalogue_")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHALE_ID_HOME": tempfile.mkdtemp(prefix="whale_id_catalogue_")}
     log = tempfile.NamedTemporaryFile(prefix="streamlit_", suffix=".log", delete=False)  # noqa: SIM115 - kept open for the server's life
     process = subprocess.Popen(
         [

@@ -1,0 +1,137 @@
+"""Batch identification: a ZIP or folder in, one row per file out.
+
+Rows are produced as a stream (bounded memory for thousands of photos) and a
+bad file becomes a row with its error; the rest are processed.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from whales_identify.errors import WhaleIdError
+from whales_identify.inputs.archive import ArchiveEntry, iter_photos
+from whales_identify.inputs.exif import read_metadata
+from whales_identify.matching.identifier import Identifier
+from whales_identify.matching.results import Identification
+
+CSV_COLUMNS = (
+    "file",
+    "status",
+    "error",
+    "species",
+    "species_probability",
+    "individual_id",
+    "probability",
+    "new_individual",
+    "rejected",
+    "top5",
+    "taken_at",
+    "latitude",
+    "longitude",
+)
+
+
+@dataclass
+class BatchRow:
+    """One file's outcome. ``status`` is ``ok``, ``skipped`` or ``error``."""
+
+    file: str
+    status: str
+    error: str = ""
+    species: str = ""
+    species_probability: float | None = None
+    individual_id: str = ""
+    probability: float | None = None
+    new_individual: bool | None = None
+    rejected: bool | None = None
+    top5: str = ""  # "id:prob; id:prob; ..."
+    taken_at: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    result: Identification | None = field(default=None, repr=False, compare=False)
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.pop("result")
+        return record
+
+
+def row_for(name: str, outcome: Identification | WhaleIdError, metadata_source: bytes | None) -> BatchRow:
+    meta = read_metadata(metadata_source) if metadata_source else None
+    extra = {"taken_at": meta.taken_at, "latitude": meta.latitude, "longitude": meta.longitude} if meta else {}
+    if isinstance(outcome, WhaleIdError):
+        return BatchRow(name, "error", str(outcome), **extra)
+    best = outcome.best
+    return BatchRow(
+        file=name,
+        status="ok",
+        species=outcome.species,
+        species_probability=round(outcome.species_probability, 4),
+        individual_id=outcome.answer,
+        probability=round(
+            best.probability if best and not outcome.new_individual else outcome.new_individual_probability, 4
+        ),
+        new_individual=outcome.new_individual,
+        rejected=outcome.rejected,
+        top5="; ".join(f"{c.individual_id}:{c.probability:.3f}" for c in outcome.top5),
+        result=outcome,
+        **extra,
+    )
+
+
+def identify_entries(
+    identifier: Identifier,
+    entries: Iterable[ArchiveEntry],
+    batch_size: int | None = None,
+    on_row: Callable[[BatchRow], None] | None = None,
+) -> Iterator[BatchRow]:
+    """Identify every readable photo; skipped entries and bad photos become rows too."""
+    data_by_name: dict[str, bytes] = {}
+
+    def photos() -> Iterator[tuple[str, bytes]]:
+        for entry in entries:
+            if entry.data is None:
+                skipped.append(BatchRow(entry.name, "skipped", entry.skipped))
+                continue
+            data_by_name[entry.name] = entry.data
+            yield entry.name, entry.data
+
+    skipped: list[BatchRow] = []
+    for name, outcome in identifier.identify_many(photos(), batch_size=batch_size):
+        while skipped:
+            row = skipped.pop(0)
+            _emit(row, on_row)
+            yield row
+        row = row_for(name, outcome, data_by_name.pop(name, None))
+        _emit(row, on_row)
+        yield row
+    for row in skipped:
+        _emit(row, on_row)
+        yield row
+
+
+def _emit(row: BatchRow, on_row: Callable[[BatchRow], None] | None) -> None:
+    if on_row is not None:
+        on_row(row)
+
+
+def run_batch(
+    identifier: Identifier, source: str | Path | BinaryIO, batch_size: int | None = None
+) -> Iterator[BatchRow]:
+    """Identify a ZIP (path or file object) or a folder of photos (``batch_size``: photos per
+    forward pass; default ``SpeedConfig.batch_chunk``)."""
+    return identify_entries(identifier, iter_photos(source), batch_size=batch_size)
+
+
+def write_csv(rows: Iterable[BatchRow], handle) -> int:
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow(row.to_record())
+        count += 1
+    return count

@@ -1,0 +1,139 @@
+"""The decision rules: one photo's similarities → an ``Identification``.
+
+Pure functions of arrays and an ``InferenceConfig``: no model, no files. The
+``Identifier`` computes a photo's ``QueryScores`` once and calls ``decide``;
+tuning calls the very same functions with candidate configs, so what is tuned
+is exactly what users get. Tested on a hand-built gallery of three individuals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from whales_identify.config import NON_CETACEAN, InferenceConfig
+from whales_identify.matching.gallery import Gallery
+from whales_identify.matching.results import Candidate, Identification
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """What the rules look at for one photo, computed once per photo and gallery."""
+
+    photo_similarities: np.ndarray  # (photos,) cosine to every gallery photo
+    prototype_similarities: np.ndarray  # (individuals,) cosine to the individual's ArcFace centre; NaN: none
+    species_logits: np.ndarray  # (species,) from the network's species head
+    embedding: np.ndarray  # (dim,) kept on the answer (e.g. to enrol the photo later)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(logits))
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, best first (a partition, not a full sort: 200k individuals)."""
+    if len(scores) <= k:
+        return np.argsort(-scores, kind="stable")
+    best = np.argpartition(-scores, k - 1)[:k]
+    return best[np.argsort(-scores[best], kind="stable")]
+
+
+def prototype_similarities(embedding: np.ndarray, prototypes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Cosine to each gallery individual's ArcFace centre (best sub-centre); NaN where ``rows`` < 0
+    (an individual the network was not trained on). ``prototypes``: (individuals, sub-centres, dim)."""
+    out = np.full(len(rows), np.nan, dtype=np.float32)
+    has = rows >= 0
+    if has.any():
+        out[has] = (prototypes[rows[has]] @ embedding).max(axis=1)
+    return out
+
+
+def individual_scores(gallery: Gallery, scores: QueryScores, config: InferenceConfig) -> np.ndarray:
+    """Score per gallery individual: best photo's cosine, blended with the centre's cosine where there is one."""
+    blended = gallery.best_per_individual(scores.photo_similarities)
+    w = config.prototype_weight
+    has = ~np.isnan(scores.prototype_similarities)
+    if w > 0 and has.any():
+        blended[has] = (1 - w) * blended[has] + w * scores.prototype_similarities[has]
+    return blended
+
+
+def individual_log_probabilities(individual: np.ndarray, config: InferenceConfig) -> np.ndarray:
+    """Log-probabilities over the gallery's individuals plus, last, ``new_individual`` (scored at the threshold)."""
+    return log_softmax(np.append(individual, config.new_individual_threshold) * config.temperature)
+
+
+def species_distribution(
+    gallery: Gallery, scores: QueryScores, species_names: Sequence[str], config: InferenceConfig
+) -> np.ndarray:
+    """The species head (at its temperature) blended with a similarity-weighted vote of the k nearest photos."""
+    head = softmax(scores.species_logits * config.species_temperature)
+    w = config.species_knn_weight
+    sims = scores.photo_similarities
+    if w <= 0 or len(sims) == 0:
+        return head
+    nearest = top_k(sims, min(config.species_knn_k, len(sims)))
+    weights = softmax(sims[nearest] * config.temperature)
+    index = {name: i for i, name in enumerate(species_names)}
+    votes = np.zeros_like(head)
+    for row, weight in zip(nearest, weights, strict=True):
+        position = index.get(str(gallery.species[row]))
+        if position is not None:
+            votes[position] += weight
+    if votes.sum() == 0:
+        return head
+    return (1 - w) * head + w * votes
+
+
+def non_cetacean_probability(distribution: np.ndarray, species_names: Sequence[str]) -> float:
+    return float(distribution[list(species_names).index(NON_CETACEAN)]) if NON_CETACEAN in species_names else 0.0
+
+
+def best_cetacean_species(distribution: np.ndarray, species_names: Sequence[str]) -> int:
+    """Index of the most probable species that is a whale or dolphin."""
+    cetacean = distribution.copy()
+    if NON_CETACEAN in species_names:
+        cetacean[list(species_names).index(NON_CETACEAN)] = -np.inf
+    return int(np.argmax(cetacean))
+
+
+def decide(
+    gallery: Gallery, scores: QueryScores, species_names: Sequence[str], config: InferenceConfig
+) -> Identification:
+    """The answer for one photo: species, top-k individuals, new individual, or rejected."""
+    species_p = species_distribution(gallery, scores, species_names, config)
+    p_non = non_cetacean_probability(species_p, species_names)
+    species_index = best_cetacean_species(species_p, species_names)
+    rejected = p_non > config.reject_threshold
+
+    individual = individual_scores(gallery, scores, config)
+    probabilities = np.exp(individual_log_probabilities(individual, config))
+    order = top_k(individual, config.top_k)
+    top = [
+        Candidate(
+            str(gallery.individuals[i]),
+            gallery.individual_species[gallery.individuals[i]],
+            float(probabilities[i]),
+            float(individual[i]),
+        )
+        for i in order
+    ]
+    best = float(individual[order[0]]) if len(order) else -1.0
+    return Identification(
+        species=NON_CETACEAN if rejected else species_names[species_index],
+        species_probability=p_non if rejected else float(species_p[species_index]),
+        top5=top,
+        new_individual=not rejected and best < config.new_individual_threshold,
+        new_individual_probability=float(probabilities[-1]),
+        rejected=rejected,
+        rejection_reason=f"this does not look like a whale or dolphin (P = {p_non:.2f})" if rejected else "",
+        embedding=scores.embedding,
+        species_probabilities={n: float(p) for n, p in zip(species_names, species_p, strict=True)},
+    )

@@ -1,0 +1,240 @@
+"""Identification: photo → embedding → catalogue search → typed answer.
+
+The one entry point every front end uses (CLI, app, benchmarks, evaluation). A
+thin wrapper: the network runs in an engine (``model/``), the rules are pure
+functions (``matching/decide.py``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from whales_identify.config import (
+    DEFAULT_CATALOGUE,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_INFERENCE_CONFIG,
+    InferenceConfig,
+    SpeedConfig,
+)
+from whales_identify.errors import ModelLoadError, WhaleIdError
+from whales_identify.inputs.imaging import decode_image
+from whales_identify.matching import decide as rules
+from whales_identify.matching.gallery import Gallery
+from whales_identify.matching.results import Identification
+from whales_identify.model.engines import Engine, open_network
+from whales_identify.model.info import NetworkInfo
+from whales_identify.model.preprocess import to_array
+from whales_identify.model.threads import single_threaded_blas
+
+ImageSource = bytes | str | Path | Image.Image
+CHUNKS_AHEAD_PER_WORKER = 2  # queued chunks per batch worker: enough to keep it busy, few enough to bound memory
+
+
+@dataclass
+class ModelOutput:
+    """What one forward pass gives for one photo."""
+
+    embedding: np.ndarray  # (D,) L2-normalised
+    species_logits: np.ndarray  # (S,) from the species head
+
+
+class Identifier:
+    """A loaded model, a gallery and the tuned decision rules.
+
+    Thread-safe: Streamlit sessions share one instance; the engines are safe to
+    call from several threads, everything else is pure numpy.
+    """
+
+    def __init__(
+        self,
+        network: NetworkInfo,
+        gallery: Gallery,
+        config: InferenceConfig,
+        engine: Engine,
+        speed: SpeedConfig | None = None,
+    ) -> None:
+        self.network = network
+        self.config = config
+        self.speed = speed or SpeedConfig()
+        self.engine = engine
+        self.species_names: list[str] = list(network.species)
+        self._prototype_index = {name: i for i, name in enumerate(network.individuals)}
+        self.set_gallery(gallery)
+
+    # --- construction ------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        checkpoint: Path | str = DEFAULT_CHECKPOINT,
+        catalogue: Path | str | Gallery | None = DEFAULT_CATALOGUE,
+        inference_config: Path | str | InferenceConfig = DEFAULT_INFERENCE_CONFIG,
+        engine: str | None = None,
+        speed: SpeedConfig | None = None,
+    ) -> Identifier:
+        """``engine``: ``auto`` (default; ``WHALE_ID_ENGINE`` overrides), ``onnx`` or ``torch``;
+        ``speed``: threads and batching (default: this machine's cores)."""
+        speed = speed or SpeedConfig.from_env()
+        runner, network = open_network(engine or speed.engine, checkpoint, speed)
+        if isinstance(catalogue, Gallery):
+            gallery = catalogue
+        elif catalogue is None:
+            gallery = Gallery.empty(network.config.embedding_dim)
+        else:
+            gallery = Gallery.load(catalogue)
+        # Embeddings of another model live in another space: comparing them would give confident nonsense.
+        version = network.model_version
+        if len(gallery) and gallery.model_version and version and gallery.model_version != version:
+            where = "the catalogue given" if isinstance(catalogue, Gallery) else Path(str(catalogue)).name
+            raise ModelLoadError(
+                f"{where} was built with model version {gallery.model_version}, but the checkpoint "
+                f"{Path(checkpoint).name} is model version {version}: their embeddings cannot be compared. "
+                "Use the catalogue that came with this checkpoint, or rebuild it with "
+                "`python -m whales_identify bundle --checkpoint CHECKPOINT`."
+            )
+        config = (
+            inference_config
+            if isinstance(inference_config, InferenceConfig)
+            else InferenceConfig.load(inference_config)
+        )
+        return cls(network, gallery, config, runner, speed)
+
+    @property
+    def model_version(self) -> str:
+        return self.network.model_version
+
+    def set_gallery(self, gallery: Gallery) -> None:
+        """Swap the catalogue searched (e.g. after enrolment, or for evaluation)."""
+        # One assignment, so a decision on another thread never pairs a gallery with another's rows.
+        self._view = (gallery, self._prototype_rows(gallery))
+        self.gallery = gallery
+
+    def _prototype_rows(self, gallery: Gallery) -> np.ndarray:
+        """For each gallery individual, its row among the network's prototypes (-1: not trained on)."""
+        return np.asarray([self._prototype_index.get(name, -1) for name in gallery.individuals], dtype=np.int64)
+
+    # --- the model ---------------------------------------------------------------
+    def prepare(self, source: ImageSource, long_side: int | None = None) -> Image.Image:
+        """Decode any accepted input into an upright RGB photo (InvalidImageError otherwise).
+
+        ``long_side``: reduce to about this while decoding (default: the display size, 1280 px).
+        """
+        if isinstance(source, Image.Image):
+            return source.convert("RGB")
+        return decode_image(source, long_side=long_side)
+
+    def prepare_input(self, source: ImageSource) -> Image.Image:
+        """Decode for the network only: straight to ``SpeedConfig.identify_long_side`` (JPEG draft
+        mode), several times faster than the display-size decode for a phone photo."""
+        return self.prepare(source, long_side=self.speed.identify_long_side)
+
+    def forward(self, images: list[Image.Image], threads: int | None = None) -> list[ModelOutput]:
+        """Embeddings and species-head logits for a batch of photos.
+
+        ``threads``: CPU threads for this pass (default: the engine's best for one photo).
+        """
+        if not images:
+            return []
+        batch = np.stack([to_array(image, self.network.config) for image in images])
+        if threads is None and len(images) == 1 and self.engine.name == "torch":
+            threads = self.speed.single_photo_threads
+        embeddings, species_logits = self.engine.run(batch, threads)
+        return [ModelOutput(e, s) for e, s in zip(embeddings, species_logits, strict=True)]
+
+    # --- the decision --------------------------------------------------------------
+    def scores(self, output: ModelOutput, gallery: Gallery | None = None) -> rules.QueryScores:
+        """One pass over the catalogue: what the decision rules look at for this photo."""
+        gallery = gallery or self.gallery
+        current, current_rows = self._view
+        rows = current_rows if gallery is current else self._prototype_rows(gallery)
+        return rules.QueryScores(
+            photo_similarities=gallery.similarities(output.embedding),
+            prototype_similarities=rules.prototype_similarities(output.embedding, self.network.prototypes, rows),
+            species_logits=output.species_logits,
+            embedding=output.embedding,
+        )
+
+    def decide(
+        self, output: ModelOutput, gallery: Gallery | None = None, config: InferenceConfig | None = None
+    ) -> Identification:
+        """Turn one forward pass into the answer, against ``gallery`` (default: the catalogue)
+        under ``config`` (default: the tuned rules)."""
+        gallery = gallery or self.gallery
+        return rules.decide(gallery, self.scores(output, gallery), self.species_names, config or self.config)
+
+    # --- convenience -----------------------------------------------------------------
+    def identify(self, source: ImageSource) -> Identification:
+        """Identify one photo (path, bytes or PIL image)."""
+        return self.decide(self.forward([self.prepare_input(source)])[0])
+
+    def identify_many(
+        self, sources: Iterable[tuple[str, ImageSource]], batch_size: int | None = None
+    ) -> Iterator[tuple[str, Identification | WhaleIdError]]:
+        """Identify a stream of named photos, in input order; a bad photo yields its error, the rest go on.
+
+        Chunks of ``batch_size`` photos are decoded, embedded and decided by
+        ``SpeedConfig.batch_workers`` threads side by side (decoding and ONNX Runtime
+        release the GIL), with a bounded number of chunks in flight, so memory stays
+        flat however long the stream is.
+        """
+        chunk_size, workers, threads = self.batch_plan(batch_size)
+        in_flight: deque[Future] = deque()
+        chunk: list[tuple[str, ImageSource]] = []
+        # numpy's BLAS stays on one thread for the whole batch (toggling it per chunk halved the
+        # throughput); closing the generator early, or an error, leaves the ``with`` and lifts it.
+        with single_threaded_blas():
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="whales-identify")
+            try:
+                for item in sources:
+                    chunk.append(item)
+                    if len(chunk) == chunk_size:
+                        in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
+                        chunk = []
+                        while len(in_flight) > CHUNKS_AHEAD_PER_WORKER * workers:
+                            yield from in_flight.popleft().result()
+                if chunk:
+                    in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
+                while in_flight:
+                    yield from in_flight.popleft().result()
+            finally:  # also when the caller stops early or an error escapes: queued chunks are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def batch_plan(self, batch_size: int | None = None) -> tuple[int, int, int | None]:
+        """Photos per forward pass, worker threads, and engine threads per pass for a batch."""
+        chunk_size, workers = max(1, batch_size or self.speed.batch_chunk), max(1, self.speed.batch_workers)
+        # ONNX Runtime: one single-threaded session per worker beats one session on all cores.
+        threads = 1 if self.engine.name == "onnx" and workers > 1 else None
+        return chunk_size, workers, threads
+
+    def max_photos_in_flight(self, batch_size: int | None = None) -> int:
+        """The most photos ``identify_many`` holds at once: the chunks queued or running, plus
+        the one being gathered and the one being handed out. Memory is bounded by this."""
+        chunk_size, workers, _ = self.batch_plan(batch_size)
+        return (CHUNKS_AHEAD_PER_WORKER * workers + 2) * chunk_size
+
+    def _identify_chunk(
+        self, chunk: list[tuple[str, ImageSource]], threads: int | None
+    ) -> list[tuple[str, Identification | WhaleIdError]]:
+        """One chunk, start to finish, on a worker thread."""
+        outcomes: list[Identification | WhaleIdError | None] = []
+        images: list[Image.Image] = []
+        positions: list[int] = []
+        for _, source in chunk:
+            try:
+                images.append(self.prepare_input(source))
+                positions.append(len(outcomes))
+                outcomes.append(None)
+            except WhaleIdError as exc:
+                outcomes.append(exc)
+        for position, output in zip(positions, self.forward(images, threads=threads), strict=True):
+            outcomes[position] = self.decide(output)
+        return [(name, outcome) for (name, _), outcome in zip(chunk, outcomes, strict=True)]  # type: ignore[misc]
+
+
+__all__ = ["Identifier", "ImageSource", "ModelOutput"]

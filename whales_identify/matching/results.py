@@ -1,0 +1,88 @@
+"""Typed results: what identification answers, ready for JSON, CSV and the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from whales_identify.config import NEW_INDIVIDUAL
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One catalogue individual proposed for a photo."""
+
+    individual_id: str
+    species: str
+    probability: float
+    score: float  # blended cosine similarity in [-1, 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "individual_id": self.individual_id,
+            "species": self.species,
+            "probability": round(self.probability, 4),
+            "score": round(self.score, 4),
+        }
+
+
+@dataclass
+class Identification:
+    """The answer for one photo.
+
+    ``top5`` lists catalogue individuals, most probable first; their
+    probabilities and ``new_individual_probability`` share one distribution
+    (with the rest of the catalogue), so they can be compared directly.
+    """
+
+    species: str
+    species_probability: float
+    top5: list[Candidate]
+    new_individual: bool
+    new_individual_probability: float
+    rejected: bool = False
+    rejection_reason: str = ""
+    box: tuple[int, int, int, int] | None = None
+    embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32), repr=False)
+    species_probabilities: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.top5[0] if self.top5 else None
+
+    @property
+    def answer(self) -> str:
+        """The single answer: an individual id, ``new_individual`` or ``rejected``."""
+        if self.rejected:
+            return "rejected"
+        if self.new_individual or not self.top5:
+            return "new_individual"
+        return self.top5[0].individual_id
+
+    def ranked_answers(self) -> list[str]:
+        """Top-5 ids with ``new_individual`` inserted where its probability ranks it
+        (the Happywhale submission format, used for MAP@5)."""
+        if self.rejected:  # no cetacean: certainly no known individual
+            return [NEW_INDIVIDUAL, *[c.individual_id for c in self.top5][:4]]
+        ranked = [(c.probability, c.individual_id) for c in self.top5]
+        ranked.append((self.new_individual_probability, NEW_INDIVIDUAL))
+        ranked.sort(key=lambda item: -item[0])
+        return [name for _, name in ranked][:5]
+
+    def to_dict(self, with_embedding: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "answer": self.answer,
+            "species": self.species,
+            "species_probability": round(self.species_probability, 4),
+            "new_individual": self.new_individual,
+            "new_individual_probability": round(self.new_individual_probability, 4),
+            "rejected": self.rejected,
+            "rejection_reason": self.rejection_reason,
+            "top5": [c.to_dict() for c in self.top5],
+            "box": list(self.box) if self.box else None,
+        }
+        if with_embedding:
+            data["embedding"] = [round(float(v), 6) for v in self.embedding]
+        return data

@@ -1,0 +1,206 @@
+"""Turn a trained checkpoint into the shipped model: tuned rules, catalogue, samples.
+
+``python -m whales_identify bundle`` embeds every labelled photo once, tunes
+the decision rules on the validation split (gallery = training split), picks a
+few held-out sample photos for the tests and the app, and writes the bundled
+catalogue of everything else with one thumbnail per individual.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig
+from whales_identify.inputs.imaging import decode_image
+from whales_identify.matching.gallery import Gallery, thumbnail_jpeg
+from whales_identify.matching.identifier import Identifier, ModelOutput
+from whales_identify.model.checkpoint import load_checkpoint, network_info
+from whales_identify.model.engines import onnx_path_for
+from whales_identify.model.torch_engine import export_onnx
+from whales_identify.training.data import load_dataset
+from whales_identify.training.evaluate import embed_files, gallery_from_outputs
+from whales_identify.training.tune import tune
+
+log = logging.getLogger(__name__)
+SAMPLE_LONG_SIDE = 480
+SAMPLE_MARGIN = 0.05  # a sample's best score stays this far from the new-individual threshold
+
+
+@dataclass
+class BundlePaths:
+    checkpoint: Path
+    data_root: Path
+    models_dir: Path
+    samples_dir: Path
+
+
+def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, gallery_all: Gallery) -> list[int]:
+    """Held-out photos the tests can check: a few known animals, a new one, a negative.
+
+    Each is judged leave-one-out against the full catalogue (its own row removed),
+    exactly as it will be once it is left out of the bundle.
+    """
+    rng = np.random.default_rng(0)
+    counts = frame["individual_id"].value_counts()
+    chosen: list[int] = []
+    threshold = identifier.config.new_individual_threshold
+
+    def answer_without(index: int, drop_individual: bool = False):
+        """The answer for the photo exactly as it will be shipped (resized, re-encoded)."""
+        mask = gallery_all.image_names != frame.at[index, "image"]
+        if drop_individual:
+            mask &= gallery_all.individual_ids != frame.at[index, "individual_id"]
+        output = identifier.forward([decode_image(_sample_bytes(frame.at[index, "path"]))])[0]
+        result = identifier.decide(output, gallery_all.subset(mask))
+        best = result.best.score if result.best else -1.0
+        clear = abs(best - threshold) >= SAMPLE_MARGIN  # far from the threshold: stable across platforms
+        return result if clear else None
+
+    wanted = [
+        ("noaa_right_whale", 3),
+        ("bottlenose_fins_naukma", 1),
+        ("fin_whale_catrlog", 1),
+        ("kabuga_individual_id", 1),
+    ]
+    named = frame["individual_id"].ne("") & ~frame["individual_id"].str.startswith("unknown")
+    test = frame[(frame["split"] == "test") & named]
+    for source, n in wanted:
+        pool = test[test["source"] == source].index.to_numpy()
+        picked = 0
+        for index in rng.permutation(pool):
+            if counts[frame.at[index, "individual_id"]] < 3 or not isinstance(outputs[index], ModelOutput):
+                continue
+            result = answer_without(index)
+            if result and result.answer == frame.at[index, "individual_id"] and not result.rejected:
+                chosen.append(int(index))
+                picked += 1
+                if picked == n:
+                    break
+    singletons = frame[named & frame["individual_id"].map(counts).eq(1) & frame["source"].ne("noaa_right_whale")]
+    for index in rng.permutation(singletons.index.to_numpy()):
+        result = answer_without(index, True) if isinstance(outputs[index], ModelOutput) else None
+        if result and result.answer == NEW_INDIVIDUAL:
+            chosen.append(int(index))
+            break
+    negatives = frame[(frame["split"] == "test") & frame["species"].eq(NON_CETACEAN)]
+    reject = identifier.config.reject_threshold
+    for index in rng.permutation(negatives.index.to_numpy()):
+        result = answer_without(index) if isinstance(outputs[index], ModelOutput) else None
+        if result and result.rejected and result.species_probability > min(0.95, reject + 0.3):
+            chosen.append(int(index))
+            break
+    return chosen
+
+
+def _sample_bytes(path: str) -> bytes:
+    """A sample photo as shipped: at most SAMPLE_LONG_SIDE px, JPEG."""
+    image = decode_image(path)
+    image.thumbnail((SAMPLE_LONG_SIDE, SAMPLE_LONG_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def _write_samples(frame: pd.DataFrame, chosen: list[int], samples_dir: Path) -> None:
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    for old in samples_dir.glob("*.jpg"):
+        old.unlink()
+    rows = []
+    for index in chosen:
+        row = frame.loc[index]
+        name = f"{row['species']}_{Path(row['image']).stem}.jpg"
+        (samples_dir / name).write_bytes(_sample_bytes(row["path"]))
+        rows.append(
+            {
+                "image": name,
+                "individual_id": row["individual_id"],
+                "species": row["species"],
+                "source": row["source"],
+                "licence": row["licence"],
+                "original": row["image"],
+            }
+        )
+    pd.DataFrame(rows).to_csv(samples_dir / "samples.csv", index=False)
+
+
+def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
+    """Write models/{whale_id.pt, inference.yaml, catalogue.npz, species_map.yaml} and the samples."""
+    identifier = Identifier.load(paths.checkpoint, catalogue=None, inference_config=InferenceConfig())
+    seed = seed if seed is not None else int(identifier.network.meta["train_config"]["seed"])
+    frame = load_dataset(paths.data_root, seed)
+    log.info("embedding %d photos", len(frame))
+    outputs = embed_files(identifier, [Path(p) for p in frame["path"]])
+    ok = np.array([isinstance(o, ModelOutput) for o in outputs])
+    log.info("%d photos could not be read", int((~ok).sum()))
+
+    def gallery_of(mask: np.ndarray) -> Gallery:
+        rows = np.flatnonzero(mask & ok)
+        return gallery_from_outputs(
+            [outputs[i] for i in rows],
+            frame["individual_id"].to_numpy()[rows].tolist(),
+            frame["species"].to_numpy()[rows].tolist(),
+            frame["image"].to_numpy()[rows].tolist(),
+        )
+
+    train_gallery = gallery_of((frame["split"] == "train").to_numpy())
+    val = np.flatnonzero((frame["split"] == "val").to_numpy() & ok)
+    tuned, val_scores = tune(
+        InferenceConfig(),
+        train_gallery,
+        [identifier.scores(outputs[i], train_gallery) for i in val],
+        identifier.species_names,
+        frame["individual_id"].to_numpy()[val].tolist(),
+        frame["species"].to_numpy()[val].tolist(),
+    )
+    tuned = replace(tuned, tuned_on=f"validation split (seed {seed}): {len(val)} queries; gallery = training split")
+    identifier.config = tuned
+    log.info("tuned %s; validation %s", tuned, val_scores)
+
+    full = gallery_of(np.ones(len(frame), bool))
+    chosen = _pick_samples(identifier, frame, outputs, full)
+    _write_samples(frame, chosen, paths.samples_dir)
+    keep = np.ones(len(frame), bool)
+    keep[chosen] = False
+    # A sample of a new individual must leave no photo of that animal behind.
+    for index in chosen:
+        individual = frame.at[index, "individual_id"]
+        if individual and (frame["individual_id"] == individual).sum() == 1:
+            keep &= (frame["individual_id"] != individual).to_numpy()
+    catalogue = gallery_of(keep)
+    thumbs: dict[str, bytes] = {}
+    for index in np.flatnonzero(keep & ok):
+        individual = frame.at[index, "individual_id"]
+        if individual and individual not in thumbs:
+            thumbs[individual] = thumbnail_jpeg(decode_image(frame.at[index, "path"]))
+    catalogue.thumbnails = thumbs
+
+    models_dir = paths.models_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / "whale_id.pt"
+    if paths.checkpoint.resolve() != target.resolve():
+        shutil.copyfile(paths.checkpoint, target)
+    model, meta = load_checkpoint(target)
+    catalogue.model_version = meta["model_version"]
+    export_onnx(model, onnx_path_for(target), network_info(model, meta))  # the fast path, same network
+    catalogue.save(models_dir / "catalogue.npz")
+    tuned.save(models_dir / "inference.yaml")
+    species_map = {str(k): str(v) for k, v in sorted(catalogue.individual_species.items())}
+    (models_dir / "species_map.yaml").write_text(
+        "# individual_id: species, for every individual in the bundled catalogue\n"
+        + yaml.safe_dump(species_map, sort_keys=False)
+    )
+    return {
+        "validation": val_scores,
+        "inference_config": tuned.__dict__,
+        "samples": len(chosen),
+        "catalogue_images": len(catalogue),
+        "catalogue_individuals": len(catalogue.individuals),
+    }
