@@ -77,17 +77,13 @@ def _browse(shared) -> None:
             st.image(thumbs[picked], caption=picked, width="stretch")
         ui.card("Species", ui.species_label(row["species"]), f"{row['n_photos']} photo(s) · {row['origin']}")
     with right:
-        own = catalog.query(
-            "SELECT id, thumbnail, source_name, taken_at, added_at FROM images"
-            " WHERE individual_id = ? ORDER BY id DESC LIMIT 12",
-            (picked,),
-        )
+        own = catalog.recent_photos(picked, limit=12)
         if own:
             st.markdown("**Photos added here** (newest first)")
             cols = st.columns(4)
             for i, image in enumerate(own):
                 cols[i % 4].image(
-                    bytes(image["thumbnail"]),
+                    image["thumbnail"],
                     caption=f"#{image['id']} {image['source_name'] or ''} "
                     f"{image['taken_at'] or image['added_at'][:10]}",
                     width="stretch",

@@ -705,6 +705,15 @@ class Catalog:
         )
         return pd.DataFrame([dict(r) for r in rows], columns=list(IMAGE_COLUMNS))
 
+    def recent_photos(self, individual_id: str, limit: int = 12) -> list[dict[str, Any]]:
+        """The user's newest photos of one individual with their thumbnails (JPEG bytes), newest first."""
+        rows = self.query(
+            "SELECT id, thumbnail, source_name, taken_at, added_at FROM images"
+            " WHERE individual_id = ? ORDER BY id DESC LIMIT ?",
+            (individual_id, int(limit)),
+        )
+        return [{**dict(r), "thumbnail": bytes(r["thumbnail"])} for r in rows]
+
     def audit_log(self, individual_id: str | None = None) -> pd.DataFrame:
         """Who did what when, oldest first; ``details`` parsed from JSON."""
         sql = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_log"
