@@ -22,7 +22,7 @@ from PIL import Image
 
 from whales_identify.config import ArchiveLimits, ImageLimits
 from whales_identify.errors import InvalidArchiveError, InvalidImageError
-from whales_identify.inputs.archive import _is_ignored, _unsafe_path, iter_zip
+from whales_identify.inputs.archive import _unsafe_path, is_ignored, iter_zip
 from whales_identify.inputs.imaging import decode_image
 
 EXAMPLES = int(os.environ.get("WHALE_ID_FUZZ_EXAMPLES", "200"))
@@ -167,7 +167,7 @@ def test_iter_zip_only_ever_raises_invalid_archive_error(data: bytes) -> None:
         return
     for entry in entries:
         if entry.ok:  # what is handed on is a safe, visible, bounded photo member
-            assert not _unsafe_path(entry.name) and not _is_ignored(entry.name)
+            assert not _unsafe_path(entry.name) and not is_ignored(entry.name)
             assert PurePosixPath(entry.name).suffix.lower() in limits.image_suffixes
             assert len(entry.data) <= limits.max_member_uncompressed
         else:

@@ -25,12 +25,11 @@ from whales_identify.catalog.store import (
     Embedder,
     NewImage,
     UnknownIndividualError,
-    reduce_jpeg,
 )
 from whales_identify.errors import LabelsError, WhaleIdError
 from whales_identify.inputs.archive import is_image_name, iter_photos, open_zip
 from whales_identify.inputs.exif import read_metadata
-from whales_identify.matching.gallery import thumbnail_jpeg
+from whales_identify.inputs.imaging import encode_jpeg
 
 CSV_FIELDS = ("image", "individual_id", "species")
 
@@ -88,10 +87,10 @@ class _Prepared:
 def _prepare(catalog: Catalog, identifier: Embedder, name: str, data: bytes) -> _Prepared:
     """Decode (InvalidImageError on a bad file), reduce to the stored crop, read EXIF."""
     cfg = catalog.config
-    # Decoded to about twice the stored size (fast), then reduced with a good filter by reduce_jpeg.
+    # Decoded to about twice the stored size (fast), then reduced with a good filter by encode_jpeg.
     image = identifier.prepare(data, long_side=2 * cfg.crop_long_side)
-    crop = reduce_jpeg(image, cfg.crop_long_side, cfg.crop_quality)
-    thumb = thumbnail_jpeg(image, cfg.thumbnail_size, cfg.thumbnail_quality)
+    crop = encode_jpeg(image, cfg.crop_long_side, cfg.crop_quality)
+    thumb = encode_jpeg(image, cfg.thumbnail_size, cfg.thumbnail_quality, optimize=True)
     return _Prepared(name, hashlib.sha256(data).hexdigest(), crop, thumb, read_metadata(data))
 
 

@@ -186,16 +186,6 @@ def embedding_blob(embedding: np.ndarray) -> bytes:
     return np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
 
 
-def reduce_jpeg(image: Image.Image, long_side: int, quality: int) -> bytes:
-    """A JPEG of ``image`` with its long side at most ``long_side`` pixels."""
-    copy = image.convert("RGB")
-    if max(copy.size) > long_side:
-        copy.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    copy.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 class Catalog:
     """The user's catalogue. ``base`` (the bundled ``Gallery``) is read-only; user rows layer on top.
 

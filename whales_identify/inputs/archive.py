@@ -58,7 +58,8 @@ def is_image_name(name: str, limits: ArchiveLimits = LIMITS) -> bool:
     return PurePosixPath(name).suffix.lower() in limits.image_suffixes
 
 
-def _is_ignored(name: str) -> bool:
+def is_ignored(name: str) -> bool:
+    """Members every reader skips silently: macOS resource forks and hidden files."""
     parts = PurePosixPath(name).parts
     return any(part == "__MACOSX" or (part.startswith(".") and part != "..") for part in parts)
 
@@ -134,7 +135,7 @@ def list_zip(
     """
     for index, info in enumerate(check_zip(archive, limits)):
         # An unsafe path always gets its row, even when it also looks hidden.
-        if _is_ignored(info.filename) and not _unsafe_path(info.filename):
+        if is_ignored(info.filename) and not _unsafe_path(info.filename):
             continue
         yield index, info, zip_skip_reason(info, limits)
 
@@ -185,7 +186,7 @@ def list_folder(folder: str | Path, limits: ArchiveLimits = LIMITS) -> Iterator[
     root = Path(folder)
     count = 0
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or _is_ignored(str(path.relative_to(root))):
+        if not path.is_file() or is_ignored(str(path.relative_to(root))):
             continue
         count += 1
         if count > limits.max_members * 100:

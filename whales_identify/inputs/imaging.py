@@ -141,3 +141,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def encode_jpeg(image: Image.Image, long_side: int, quality: int, optimize: bool = False) -> bytes:
+    """A JPEG of ``image`` with its long side at most ``long_side`` pixels (thumbnails, stored crops, previews)."""
+    copy = image.convert("RGB")  # always a copy: the caller's image is left as it is
+    if max(copy.size) > long_side:
+        copy.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    copy.save(buffer, format="JPEG", quality=quality, optimize=optimize)
+    return buffer.getvalue()

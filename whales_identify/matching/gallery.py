@@ -8,12 +8,10 @@ catalogue file and the user's database both produce a ``Gallery``.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from whales_identify.errors import ModelLoadError
 
@@ -115,12 +113,3 @@ class Gallery:
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ModelLoadError(f"{path.name} is not a readable catalogue: {exc}") from exc
-
-
-def thumbnail_jpeg(image: Image.Image, size: int = 128, quality: int = 80) -> bytes:
-    """A small JPEG of a PIL image, for the catalogue's side-by-side view."""
-    copy = image.copy()
-    copy.thumbnail((size, size))
-    buffer = io.BytesIO()
-    copy.save(buffer, format="JPEG", quality=quality, optimize=True)
-    return buffer.getvalue()

@@ -8,7 +8,6 @@ catalogue of everything else with one thumbnail per individual.
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 from dataclasses import dataclass, replace
@@ -18,9 +17,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig
-from whales_identify.inputs.imaging import decode_image
-from whales_identify.matching.gallery import Gallery, thumbnail_jpeg
+from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, CatalogConfig, InferenceConfig
+from whales_identify.inputs.imaging import decode_image, encode_jpeg
+from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.identifier import Identifier, ModelOutput
 from whales_identify.model.checkpoint import load_checkpoint, network_info
 from whales_identify.model.engines import onnx_path_for
@@ -31,6 +30,8 @@ from whales_identify.training.tune import tune
 
 log = logging.getLogger(__name__)
 SAMPLE_LONG_SIDE = 480
+SAMPLE_QUALITY = 88
+THUMBNAIL = CatalogConfig()  # the bundled catalogue's thumbnails are made like the user's
 SAMPLE_MARGIN = 0.05  # a sample's best score stays this far from the new-individual threshold
 
 
@@ -102,11 +103,7 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
 
 def _sample_bytes(path: str) -> bytes:
     """A sample photo as shipped: at most SAMPLE_LONG_SIDE px, JPEG."""
-    image = decode_image(path)
-    image.thumbnail((SAMPLE_LONG_SIDE, SAMPLE_LONG_SIDE))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=88)
-    return buffer.getvalue()
+    return encode_jpeg(decode_image(path), SAMPLE_LONG_SIDE, SAMPLE_QUALITY)
 
 
 def _write_samples(frame: pd.DataFrame, chosen: list[int], samples_dir: Path) -> None:
@@ -179,7 +176,12 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
     for index in np.flatnonzero(keep & ok):
         individual = frame.at[index, "individual_id"]
         if individual and individual not in thumbs:
-            thumbs[individual] = thumbnail_jpeg(decode_image(frame.at[index, "path"]))
+            thumbs[individual] = encode_jpeg(
+                decode_image(frame.at[index, "path"]),
+                THUMBNAIL.thumbnail_size,
+                THUMBNAIL.thumbnail_quality,
+                optimize=True,
+            )
     catalogue.thumbnails = thumbs
 
     models_dir = paths.models_dir
