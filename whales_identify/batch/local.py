@@ -62,7 +62,9 @@ class BatchRow:
 
 def row_for(name: str, outcome: Identification | WhaleIdError, metadata_source: bytes | None) -> BatchRow:
     meta = read_metadata(metadata_source) if metadata_source else None
-    extra = {"taken_at": meta.taken_at, "latitude": meta.latitude, "longitude": meta.longitude} if meta else {}
+    extra: dict[str, Any] = (
+        {"taken_at": meta.taken_at, "latitude": meta.latitude, "longitude": meta.longitude} if meta else {}
+    )
     if isinstance(outcome, WhaleIdError):
         return BatchRow(name, "error", str(outcome), **extra)
     best = outcome.best

@@ -269,6 +269,7 @@ class ResultsFile:
         """Append rows (CSV-ready cells), flush them; fsync now and then."""
         count = 0
         writer = self._writer()
+        assert self._handle is not None  # opened by _writer
         for record in records:
             writer.writerow(record)
             self.counts[record["status"]] += 1
@@ -285,6 +286,7 @@ class ResultsFile:
                 self._writer()  # a run with nothing to do still leaves a (header-only) table
             else:
                 return
+        assert self._handle is not None  # opened by _writer
         if not self._handle.closed:
             self._handle.flush()
             os.fsync(self._handle.fileno())

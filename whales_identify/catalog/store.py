@@ -55,7 +55,8 @@ class StaleModelError(CatalogError):
 class Embedder(Protocol):
     """What the catalogue needs from an ``Identifier`` (so DB logic is testable without a model)."""
 
-    model_version: str
+    @property
+    def model_version(self) -> str: ...
 
     def prepare(self, source: Any, long_side: int | None = None) -> Image.Image: ...
 
@@ -415,7 +416,8 @@ class Catalog:
                 added_at or now(),
             ),
         )
-        return int(cursor.lastrowid)
+        assert cursor.lastrowid is not None  # an INSERT always sets it
+        return cursor.lastrowid
 
     def _user_individual(self, conn: sqlite3.Connection, individual_id: str) -> None:
         if not self._exists(conn, individual_id):
@@ -576,7 +578,8 @@ class Catalog:
         self, species: str | None, tag: str | None, bbox: BBox | None, model_version: str | None
     ) -> CatalogGallery:
         version = self.current_version(model_version)
-        where, params = ["1"], []
+        where: list[str] = ["1"]
+        params: list[Any] = []
         if species:
             where.append("ind.species = ?")
             params.append(species)

@@ -64,7 +64,7 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS, long_
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             if image.format == "PDF":
                 raise InvalidImageError("this is a PDF, not a photograph")
             width, height = image.size

@@ -8,6 +8,7 @@ centres double as one prototype per training individual at inference.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 # Must run before timm is imported (see _torchvision_guard's docstring).
 from whales_identify.model import _torchvision_guard  # noqa: F401  isort: skip
@@ -48,6 +49,7 @@ class ArcFace(nn.Module):
         self.scale = scale
         self.weight = nn.Parameter(torch.empty(n_classes * subcenters, in_features))
         nn.init.xavier_uniform_(self.weight)
+        self.margins: torch.Tensor
         self.register_buffer("margins", torch.full((n_classes,), float(margin)))
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -89,10 +91,12 @@ class WhaleNet(nn.Module):
     def __init__(self, config: ModelConfig, n_individuals: int, n_species: int) -> None:
         super().__init__()
         self.config = config
-        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        # Any: timm's stages are reached by name below (blocks, conv_head, bn2).
+        backbone: Any = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        self.backbone = backbone
         self.pool = GeM(config.gem_p)
         self.neck = nn.Sequential(
-            nn.Linear(self.backbone.num_features, config.embedding_dim, bias=False),
+            nn.Linear(backbone.num_features, config.embedding_dim, bias=False),
             nn.BatchNorm1d(config.embedding_dim),
         )
         self.arcface = ArcFace(

@@ -26,7 +26,7 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, model: WhaleNet) -> None:
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.model = model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._lock = threading.Lock()  # torch's thread count is process-wide: one forward at a time
 
     @torch.inference_mode()
@@ -55,7 +55,8 @@ def export_onnx(model: WhaleNet, path: Path | str, info: NetworkInfo) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     size = model.config.image_size
     example = torch.zeros(1, 3, size, size)
-    model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)  # the caller's stays as it is
+    # The caller's model stays as it is.
+    model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     tmp = path.with_suffix(".tmp.onnx")
     done = path.with_suffix(".new.onnx")
     # The TorchScript exporter: the newer torch.export one needs the onnxscript package as well.

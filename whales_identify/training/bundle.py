@@ -152,7 +152,11 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
     tuned, val_scores = tune(
         InferenceConfig(),
         train_gallery,
-        [identifier.scores(outputs[i], train_gallery) for i in val],
+        [
+            identifier.scores(output, train_gallery)
+            for output in (outputs[i] for i in val)
+            if isinstance(output, ModelOutput)
+        ],
         identifier.species_names,
         frame["individual_id"].to_numpy()[val].tolist(),
         frame["species"].to_numpy()[val].tolist(),
@@ -173,7 +177,8 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
             keep &= (frame["individual_id"] != individual).to_numpy()
     catalogue = gallery_of(keep)
     thumbs: dict[str, bytes] = {}
-    for index in np.flatnonzero(keep & ok):
+    for row in np.flatnonzero(keep & ok):
+        index = int(row)
         individual = frame.at[index, "individual_id"]
         if individual and individual not in thumbs:
             thumbs[individual] = encode_jpeg(

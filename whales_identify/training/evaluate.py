@@ -102,13 +102,14 @@ def gallery_from_outputs(
     model_version: str = "",
 ) -> Gallery:
     keep = [i for i, o in enumerate(outputs) if isinstance(o, ModelOutput)]
-    dim = outputs[keep[0]].embedding.shape[0] if keep else 0
-    embeddings = np.stack([outputs[i].embedding for i in keep]) if keep else np.zeros((0, dim), np.float32)
+    embedded = [o for o in outputs if isinstance(o, ModelOutput)]
+    dim = embedded[0].embedding.shape[0] if embedded else 0
+    embeddings = np.stack([o.embedding for o in embedded]) if embedded else np.zeros((0, dim), np.float32)
     return Gallery(
         embeddings,
-        [individual_ids[i] for i in keep],
-        [species[i] for i in keep],
-        [names[i] for i in keep],
+        np.asarray([individual_ids[i] for i in keep], dtype=str),
+        np.asarray([species[i] for i in keep], dtype=str),
+        np.asarray([names[i] for i in keep], dtype=str),
         model_version=model_version,
     )
 
