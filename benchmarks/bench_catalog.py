@@ -30,7 +30,7 @@ import torch
 from whales_identify.catalog.enrol import enrol_zip
 from whales_identify.catalog.store import Catalog, NewImage
 from whales_identify.config import DEFAULT_CHECKPOINT, DEFAULT_DATA_ROOT, REPO_DIR, CatalogConfig
-from whales_identify.matching.decide import top_k
+from whales_identify.matching.rules import top_k
 
 DIM = 512
 INSERT_CHUNK = 10_000  # rows per transaction while filling the benchmark database

@@ -30,7 +30,7 @@ from whales_identify.catalog.store import (
 from whales_identify.config import CatalogConfig
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.imaging import decode_image
-from whales_identify.matching import decide as rules
+from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.identifier import ModelOutput
 

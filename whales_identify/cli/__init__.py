@@ -1,0 +1,1 @@
+"""``python -m whales_identify``: the package's functions for scripts and batch jobs (see ``main``)."""

@@ -2,7 +2,7 @@
 
 The one entry point every front end uses (CLI, app, benchmarks, evaluation). A
 thin wrapper: the network runs in an engine (``model/``), the rules are pure
-functions (``matching/decide.py``).
+functions (``matching/rules.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from whales_identify.config import (
 )
 from whales_identify.errors import ModelLoadError, WhaleIdError
 from whales_identify.inputs.imaging import decode_image
-from whales_identify.matching import decide as rules
+from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.results import Identification
 from whales_identify.model.engines import Engine, open_network

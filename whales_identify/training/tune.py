@@ -4,7 +4,7 @@ The blend weight, the ``new_individual`` threshold, the probability
 temperature, the species temperature, the species k-NN weight and the
 rejection threshold are chosen by grid search, each for the metric it drives.
 Every candidate is a config passed to the same pure rules the ``Identifier``
-uses (``matching/decide.py``); nothing shared is modified.
+uses (``matching/rules.py``); nothing shared is modified.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig
-from whales_identify.matching import decide as rules
+from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
 from whales_identify.training.metrics import average_precision_at_5, ground_truth
 
