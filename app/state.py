@@ -3,22 +3,28 @@
 Everything heavy lives in ``whales_identify``; this module only decides what
 is cached where (``st.cache_resource`` for models, ``st.session_state`` for a
 browser session's results) so a rerun (a slider moved) never recomputes.
+Every session key the app owns is listed, with its default, in ``SESSION_DEFAULTS``
+and set by ``init_session_state`` (called by ``app/streamlit_app.py`` before any page).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
 from app.config import AppConfig
+from whales_identify.batch.local import BatchRow
 from whales_identify.catalog.store import default_path
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import is_image_name
@@ -63,6 +69,64 @@ def digest(data: bytes) -> str:
 
 
 @dataclass
+class BatchState:
+    """One batch on the Batch page: computed once when *Identify* is pressed, kept across reruns."""
+
+    signature: tuple[tuple[str, int, str], ...]  # the uploads (name, size, file id) it was computed from
+    rows: list[BatchRow] = field(default_factory=list)  # one per file, in the order they finished
+    previews: dict[str, bytes] = field(default_factory=dict)  # file -> JPEG for the detail view
+    thumbnails: dict[str, str] = field(default_factory=dict)  # file -> data URL for the table
+    seconds: float = 0.0
+    # file -> (preview, its mask or None, why there is none): computed when a row is first looked at
+    masks: dict[str, tuple[Image.Image, AnimalMask | None, str]] = field(default_factory=dict)
+    table_pick: str | None = None  # the file last clicked in the table (the "Look closer at" box follows it)
+
+
+# --- session state ---------------------------------------------------------------------------------
+# Every key the app itself keeps in st.session_state, and how to make its default. Widget keys
+# (``key=`` of an uploader, slider, selectbox...) belong to their widgets and are not listed.
+SESSION_DEFAULTS: dict[str, Callable[[], Any]] = {
+    "photo_results": OrderedDict,  # Identify: digest -> PhotoResult, newest last, at most results_kept
+    "identify_active": lambda: None,  # Identify: (source, name, bytes) of the photo shown
+    "identify_seen_upload": lambda: None,  # Identify: file id of the upload last taken in
+    "identify_seen_camera": lambda: None,  # Identify: file id of the camera shot last taken in
+    "batch": lambda: None,  # Batch: the BatchState of the last batch run
+    "cat_export": lambda: None,  # Catalogue: (ZIP bytes, counts) of the last export prepared
+    "actor": str,  # Identify and Catalogue: the user's name for the audit log
+}
+
+
+def init_session_state() -> None:
+    """Give every app-owned session key its default (once per browser session; later runs keep the values)."""
+    for key, make in SESSION_DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = make()
+
+
+def batch_state() -> BatchState | None:
+    """This session's last batch, if one was run."""
+    return st.session_state["batch"]
+
+
+def set_batch_state(batch: BatchState) -> None:
+    st.session_state["batch"] = batch
+
+
+def batch_mask(batch: BatchState, file: str) -> tuple[Image.Image, AnimalMask | None, str] | None:
+    """A row's preview with its animal mask, computed the first time the row is looked at; None without a preview."""
+    if file not in batch.masks:
+        preview = batch.previews.get(file)
+        if not preview:
+            return None
+        image = Image.open(io.BytesIO(preview)).convert("RGB")
+        try:
+            batch.masks[file] = (image, get_masker().mask(image), "")
+        except WhaleIdError as exc:
+            batch.masks[file] = (image, None, str(exc))
+    return batch.masks[file]
+
+
+@dataclass
 class PhotoResult:
     """Everything the Identify page shows for one photo, computed once."""
 
@@ -102,7 +166,7 @@ def analyse_photo(identifier: Identifier, name: str, data: bytes) -> PhotoResult
 
 def photo_result(name: str, data: bytes) -> PhotoResult:
     """The result for these bytes, from this session's memory when already computed."""
-    store: OrderedDict[str, PhotoResult] = st.session_state.setdefault("photo_results", OrderedDict())
+    store: OrderedDict[str, PhotoResult] = st.session_state["photo_results"]
     key = digest(data)
     if key in store:
         store.move_to_end(key)

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.state import init_session_state
+
 st.set_page_config(page_title="Whale & dolphin ID", page_icon="🐋", layout="wide")
 
 PAGES = Path(__file__).resolve().parent / "pages"
+init_session_state()  # every session key the pages use, with its default, before any page runs
 navigation = st.navigation(
     [
         st.Page(PAGES / "identify.py", title="Identify a photo", icon=":material/search:", default=True),

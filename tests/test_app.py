@@ -75,7 +75,7 @@ def test_config_toml_matches_enforced_limits() -> None:
 
 def test_guard_turns_any_exception_into_a_friendly_message() -> None:
     def page() -> None:
-        from app.components import run_guarded
+        from app.guard import run_guarded
 
         def boom() -> None:
             raise RuntimeError("internal detail that must not leak")
@@ -115,6 +115,46 @@ def test_every_page_renders_with_a_helpful_empty_state(page: str, title: str) ->
     assert at.title[0].value == title
     if page.endswith(("identify.py", "batch.py")):
         assert at.info, "an empty page explains what to do"
+
+
+# --- session state -----------------------------------------------------------------------------------
+PAGES = ["pages/identify.py", "pages/batch.py", "pages/catalogue.py", "pages/about_model.py"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_in_a_fresh_session_with_every_key_initialised(page: str) -> None:
+    from app.state import SESSION_DEFAULTS
+
+    # A fresh session: its first run is the main script (which initialises the keys) on the default
+    # page; AppTest cannot open another page first (before a run it would execute the page file alone,
+    # which a browser never does: tests/e2e opens each page's URL first in a fresh browser instead).
+    at = _app()
+    at.switch_page(page).run()
+    _no_failure(at)
+    for key, make in SESSION_DEFAULTS.items():
+        assert key in at.session_state, key
+        assert at.session_state[key] == make(), key  # nothing on an empty page changes a default
+
+
+def test_session_defaults_never_overwrite_a_value() -> None:
+    at = _app()
+    at.session_state["actor"] = "keeps-this"
+    at.session_state["cat_export"] = (b"zip", {"individuals": 0, "images": 0})
+    at.switch_page("pages/catalogue.py").run()
+    _no_failure(at)
+    assert at.session_state["actor"] == "keeps-this"
+    assert at.session_state["cat_export"][0] == b"zip"
+
+
+def test_accepted_types_and_labels_come_from_the_package() -> None:
+    from app import view_model as vm
+    from whales_identify.config import IMAGE_SUFFIXES, NON_CETACEAN
+
+    assert [f".{t}" for t in vm.photo_types()] == list(IMAGE_SUFFIXES)
+    assert vm.batch_types() == ["zip", *vm.photo_types()]
+    assert vm.species_label(NON_CETACEAN) == "Not a whale or dolphin"
+    assert vm.species_label("humpback_whale") == "Humpback whale" and vm.species_label("") == "—"
+    assert NON_CETACEAN not in vm.cetacean_species([NON_CETACEAN, "humpback_whale"])
 
 
 # --- page 1: identify ---------------------------------------------------------------------------------
@@ -221,7 +261,7 @@ def test_batch_zip_gives_a_row_per_file_with_errors_and_csv() -> None:
     [start] = [b for b in at.button if b.label == "Identify 1 file"]
     start.click().run()
     _no_failure(at)
-    rows = {row.file: row for row in at.session_state["batch"]["rows"]}
+    rows = {row.file: row for row in at.session_state["batch"].rows}
     assert rows["trip/broken.jpg"].status == "error" and rows["trip/broken.jpg"].error
     assert rows["trip/readme.txt"].status == "skipped"
     assert sum(r.status == "ok" for r in rows.values()) == len(photos)
@@ -242,8 +282,53 @@ def test_batch_refuses_a_damaged_zip_as_a_row() -> None:
     [start] = [b for b in at.button if b.label == "Identify 1 file"]
     start.click().run()
     assert not at.exception
-    [row] = at.session_state["batch"]["rows"]
+    [row] = at.session_state["batch"].rows
     assert row.status == "error" and "ZIP" in row.error
+
+
+def test_batch_state_survives_reruns_and_ignored_members_get_no_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.state as state
+    import whales_identify.batch.local as local
+
+    runs, masks = [], []
+    original_entries, original_masker = local.identify_entries, state.get_masker
+
+    def counting_entries(*args, **kwargs):
+        runs.append(1)
+        return original_entries(*args, **kwargs)
+
+    class CountingMasker:
+        def mask(self, image):
+            masks.append(1)
+            return original_masker().mask(image)
+
+    monkeypatch.setattr(local, "identify_entries", counting_entries)
+    monkeypatch.setattr(state, "get_masker", CountingMasker)
+    photo = _photo()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(f"trip/{photo.name}", photo.read_bytes())
+        archive.writestr(f"__MACOSX/trip/._{photo.name}", b"resource fork")
+        archive.writestr("trip/.hidden.jpg", b"hidden")
+    at = _app()
+    at.switch_page("pages/batch.py").run()
+    at.file_uploader[0].set_value(("trip.zip", buffer.getvalue(), "application/zip")).run()
+    [start] = [b for b in at.button if b.label == "Identify 1 file"]
+    start.click().run()
+    _no_failure(at)
+    batch = at.session_state["batch"]
+    assert isinstance(batch, state.BatchState)
+    assert [row.file for row in batch.rows] == [f"trip/{photo.name}"]  # __MACOSX/ and hidden files: no row
+    assert set(batch.masks) == {f"trip/{photo.name}"} and batch.previews and batch.thumbnails
+
+    at.slider(key="batch_detail_opacity").set_value(0.8).run()
+    at.toggle(key="batch_new_only").set_value(True).run()
+    at.toggle(key="batch_new_only").set_value(False).run()
+    at.run()
+    _no_failure(at)
+    assert at.session_state["batch"] is batch
+    assert runs == [1] and masks == [1], "a rerun never identifies or masks again"
+    assert at.selectbox(key="batch_pick").value == f"trip/{photo.name}"
 
 
 # --- page 3: catalogue ---------------------------------------------------------------------------------

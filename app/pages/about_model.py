@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from app import components as ui
+from app import panels
+from app import view_model as vm
+from app.guard import run_guarded
 from app.state import app_config, get_identifier
 
 
@@ -17,7 +18,7 @@ def body() -> None:
     identifier = get_identifier()
     c = identifier.config
     cols = st.columns(4)
-    species = len([s for s in identifier.species_names if s != "non_cetacean"])
+    species = len(vm.cetacean_species(identifier.species_names))
     for col, (label, value) in zip(
         cols,
         [
@@ -29,26 +30,15 @@ def body() -> None:
         strict=True,
     ):
         with col:
-            ui.card(label, value)
+            panels.card(label, value)
 
     with st.expander("Decision rules in use (models/inference.yaml)"):
         st.dataframe(
-            pd.DataFrame(
-                [
-                    ("New-individual threshold (similarity score)", c.new_individual_threshold),
-                    ("Probability temperature", c.temperature),
-                    ("Weight of the learned individual centres", c.prototype_weight),
-                    ("Weight of the catalogue vote in the species", c.species_knn_weight),
-                    ("Catalogue photos voting on the species", c.species_knn_k),
-                    ("Reject when P(not a cetacean) exceeds", c.reject_threshold),
-                    ("Tuned on", c.tuned_on or "—"),
-                ],
-                columns=["Rule", "Value"],
-            ).astype({"Value": str}),
+            vm.decision_rules(c),
             hide_index=True,
             width="stretch",
         )
-        st.caption("Species the model knows: " + ", ".join(ui.species_label(s) for s in identifier.species_names))
+        st.caption("Species the model knows: " + ", ".join(vm.species_label(s) for s in identifier.species_names))
 
     card = Path(config.model_card)
     if card.is_file():
@@ -77,4 +67,4 @@ Now in use: `{Path(config.checkpoint).name}` · `{Path(config.catalogue).name}` 
     )
 
 
-ui.run_guarded(body)
+run_guarded(body)

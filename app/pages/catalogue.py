@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 
-import pandas as pd
 import streamlit as st
 
-from app import components as ui
+from app import panels
+from app import view_model as vm
+from app.guard import run_guarded
 from app.state import services
 from whales_identify.catalog.enrol import EnrolmentError, enrol_zip
 from whales_identify.catalog.exchange import export_catalog, import_catalog
@@ -27,26 +28,16 @@ def _browse(shared) -> None:
     species = c1.multiselect(
         "Species",
         sorted(frame["species"].unique()),
-        format_func=ui.species_label,
+        format_func=vm.species_label,
         placeholder="All species",
         key="cat_species",
     )
     text = c2.text_input("Search id or name", key="cat_search")
     origin = c3.selectbox("Origin", ["all", "bundled", "user"], key="cat_origin")
-    shown = frame
-    if species:
-        shown = shown[shown["species"].isin(species)]
-    if text:
-        needle = text.strip().lower()
-        shown = shown[
-            shown["id"].str.lower().str.contains(needle, regex=False)
-            | shown["name"].fillna("").str.lower().str.contains(needle, regex=False)
-        ]
-    if origin != "all":
-        shown = shown[shown["origin"] == origin]
+    shown = vm.filter_individuals(frame, species, text, origin)
     shown = shown.assign(
-        thumbnail=shown["id"].map(lambda i: ui.data_url(thumbs.get(i))),
-        species_name=shown["species"].map(ui.species_label),
+        thumbnail=shown["id"].map(lambda i: vm.data_url(thumbs.get(i))),
+        species_name=shown["species"].map(vm.species_label),
     )
     st.caption(f"{len(shown):,} of {len(frame):,} individuals")
     st.dataframe(
@@ -75,7 +66,7 @@ def _browse(shared) -> None:
     with left:
         if thumbs.get(picked):
             st.image(thumbs[picked], caption=picked, width="stretch")
-        ui.card("Species", ui.species_label(row["species"]), f"{row['n_photos']} photo(s) · {row['origin']}")
+        panels.card("Species", vm.species_label(row["species"]), f"{row['n_photos']} photo(s) · {row['origin']}")
     with right:
         own = catalog.recent_photos(picked, limit=12)
         if own:
@@ -94,15 +85,11 @@ def _browse(shared) -> None:
         if len(log):
             st.markdown("**History**")
             st.dataframe(
-                _readable(log), hide_index=True, width="stretch", column_order=["at", "action", "actor", "details"]
+                vm.readable_log(log),
+                hide_index=True,
+                width="stretch",
+                column_order=["at", "action", "actor", "details"],
             )
-
-
-def _readable(log: pd.DataFrame) -> pd.DataFrame:
-    """Newest first, with the details as "key: value" text."""
-    return log.iloc[::-1].assign(
-        details=lambda f: f["details"].map(lambda d: ", ".join(f"{k}: {v}" for k, v in d.items()))
-    )
 
 
 def _add_zip(shared) -> None:
@@ -112,15 +99,15 @@ def _add_zip(shared) -> None:
         "All or nothing: if any listed photo is unreadable, nothing is saved and every problem is listed."
     )
     identifier = shared.identifier
-    species_names = [n for n in identifier.species_names if n != "non_cetacean"]
+    species_names = vm.cetacean_species(identifier.species_names)
     with st.form("cat_enrol", border=True):
         upload = st.file_uploader("ZIP of photos", type=["zip"], key="cat_zip")
         species = st.selectbox(
             "Species of new individuals (when the ZIP does not say)",
             ["—", *species_names],
-            format_func=lambda s: s if s == "—" else ui.species_label(s),
+            format_func=lambda s: s if s == "—" else vm.species_label(s),
         )
-        actor = st.text_input("Your name (audit log)", value=st.session_state.get("actor", ""))
+        actor = st.text_input("Your name (audit log)", value=st.session_state["actor"])
         submitted = st.form_submit_button("Add to catalogue", type="primary", icon=":material/upload:")
     if not submitted:
         return
@@ -151,7 +138,7 @@ def _audit(shared) -> None:
     if log.empty:
         st.info("No changes yet. Every addition, confirmation, import or removal will be listed here.")
         return
-    log = _readable(log)
+    log = vm.readable_log(log)
     st.dataframe(
         log, hide_index=True, width="stretch", column_order=["at", "action", "individual_id", "actor", "details"]
     )
@@ -173,7 +160,7 @@ def _exchange(shared) -> None:
             buffer = io.BytesIO()
             manifest = export_catalog(shared.catalog, buffer)
             st.session_state["cat_export"] = (buffer.getvalue(), manifest["counts"])
-        if "cat_export" in st.session_state:
+        if st.session_state["cat_export"] is not None:
             data, counts = st.session_state["cat_export"]
             st.download_button(
                 f"Download export ({counts['individuals']} individuals, {counts['images']} photos)",
@@ -193,7 +180,7 @@ def _exchange(shared) -> None:
                 st.error("Choose an export ZIP first.")
             else:
                 summary = import_catalog(
-                    shared.catalog, io.BytesIO(upload.getvalue()), actor=st.session_state.get("actor") or None
+                    shared.catalog, io.BytesIO(upload.getvalue()), actor=st.session_state["actor"] or None
                 )
                 services()
                 st.success(
@@ -242,4 +229,4 @@ def body() -> None:
         _exchange(shared)
 
 
-ui.run_guarded(body)
+run_guarded(body)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import components as ui
+from app import charts, panels
+from app import view_model as vm
+from app.guard import run_guarded
 from app.state import PhotoResult, app_config, examples, get_identifier, photo_result, services
 from whales_identify.catalog.enrol import enrol_photo
 from whales_identify.catalog.store import CatalogError
-
-PHOTO_TYPES = ["jpg", "jpeg", "png", "webp", "tif", "tiff"]
 
 
 def _choose_photo() -> tuple[str, bytes] | None:
@@ -18,10 +18,10 @@ def _choose_photo() -> tuple[str, bytes] | None:
     state = st.session_state
     uploaded = st.file_uploader(
         "Upload a photo of a whale or dolphin",
-        type=PHOTO_TYPES,
+        type=vm.photo_types(),
         key="identify_upload",
         max_upload_size=config.max_photo_mb,
-        help=f"JPEG, PNG, WebP or TIFF, up to {config.max_photo_mb} MB. Fins, flukes and flanks work best.",
+        help=f"{vm.formats_text()}, up to {config.max_photo_mb} MB. Fins, flukes and flanks work best.",
     )
     cols = st.columns([2, 3, 2])
     use_camera = cols[0].toggle("Use the camera", key="identify_use_camera")
@@ -39,21 +39,21 @@ def _choose_photo() -> tuple[str, bytes] | None:
     for source, item in (("upload", uploaded), ("camera", shot)):
         seen_key = f"identify_seen_{source}"
         if item is None:
-            if state.get(seen_key) is not None:
+            if state[seen_key] is not None:
                 state[seen_key] = None
-                active = state.get("identify_active")
+                active = state["identify_active"]
                 if active and active[0] == source:
                     state["identify_active"] = None
             continue
         ident = getattr(item, "file_id", None) or f"{item.name}:{item.size}"
-        if state.get(seen_key) != ident:
+        if state[seen_key] != ident:
             state[seen_key] = ident
             if item.size > config.max_photo_mb * 1024 * 1024:
                 st.error(f"{item.name} is {item.size / 1e6:.0f} MB; the limit is {config.max_photo_mb} MB.")
                 state["identify_active"] = None
                 continue
             state["identify_active"] = (source, item.name or "camera.jpg", item.getvalue())
-    active = state.get("identify_active")
+    active = state["identify_active"]
     return (active[1], active[2]) if active else None
 
 
@@ -78,28 +78,30 @@ def body() -> None:
     st.divider()
     left, right = st.columns([1.1, 1], gap="large")
     with left:
-        ui.mask_view(photo.image, photo.mask and photo.mask.mask, result.box, key=f"id_{photo.key[:12]}", caption=name)
+        panels.mask_view(
+            photo.image, photo.mask and photo.mask.mask, result.box, key=f"id_{photo.key[:12]}", caption=name
+        )
         if photo.mask_error:
             st.caption(f"Animal mask unavailable: {photo.mask_error}")
         elif photo.mask is not None and photo.mask.box is None:
             st.caption("The mask found no clear animal outline in this photo.")
     with right:
-        ui.answer_header(result)
+        panels.answer_header(result)
         if not result.rejected:
             st.markdown("**Top 5 candidates and *new individual***")
-            st.altair_chart(ui.top5_chart(result), width="stretch")
-            st.caption(ui.CHART_KEY)
-            ui.decision_note(result, identifier.config.new_individual_threshold, len(identifier.gallery))
+            st.altair_chart(charts.top5_chart(result), width="stretch")
+            st.caption(charts.CHART_KEY)
+            panels.decision_note(result, identifier.config.new_individual_threshold, len(identifier.gallery))
         else:
             with st.expander("Show the closest catalogue matches anyway"):
-                st.altair_chart(ui.top5_chart(result), width="stretch")
+                st.altair_chart(charts.top5_chart(result), width="stretch")
         st.markdown("**When and where**")
-        ui.metadata_block(photo.metadata)
+        panels.metadata_block(photo.metadata)
         d1, d2 = st.columns(2)
         d1.download_button(
             "Result (JSON)",
-            ui.result_json(name, result, photo.metadata, identifier.model_version),
-            file_name=f"{name.rsplit('.', 1)[0]}_result.json",
+            vm.result_json(name, result, photo.metadata, identifier.model_version),
+            file_name=f"{vm.stem(name)}_result.json",
             mime="application/json",
             icon=":material/download:",
             width="stretch",
@@ -109,7 +111,7 @@ def body() -> None:
             d2.download_button(
                 "Mask (PNG)",
                 photo.mask.png(),
-                file_name=f"{name.rsplit('.', 1)[0]}_mask.png",
+                file_name=f"{vm.stem(name)}_mask.png",
                 mime="image/png",
                 icon=":material/download:",
                 width="stretch",
@@ -117,7 +119,7 @@ def body() -> None:
             )
         st.caption(f"Computed in {photo.seconds:.1f} s · model {identifier.model_version or 'unversioned'}")
     if not result.rejected:
-        ui.side_by_side(photo.image, result.box, result, identifier.gallery.thumbnails, key=photo.key[:12])
+        panels.side_by_side(photo.image, result.box, result, identifier.gallery.thumbnails)
         _save_form(photo)
 
 
@@ -145,12 +147,12 @@ def _save_form(photo: PhotoResult) -> None:
         new_id = c2.text_input(
             "New individual id", placeholder="e.g. HW-2024-017", help="Used with *A new individual*."
         )
-        species_names = [n for n in identifier.species_names if n != "non_cetacean"]
+        species_names = vm.cetacean_species(identifier.species_names)
         predicted = result.species if result.species in species_names else species_names[0]
         species = c2.selectbox(
-            "Species", species_names, index=species_names.index(predicted), format_func=ui.species_label
+            "Species", species_names, index=species_names.index(predicted), format_func=vm.species_label
         )
-        actor = c3.text_input("Your name (audit log)", value=st.session_state.get("actor", ""))
+        actor = c3.text_input("Your name (audit log)", value=st.session_state["actor"])
         tags = c3.text_input("Tags (comma-separated)", placeholder="survey-2024, north")
         submitted = st.form_submit_button("Save to catalogue", type="primary", icon=":material/save:")
     if not submitted:
@@ -195,4 +197,4 @@ def _save_form(photo: PhotoResult) -> None:
         )
 
 
-ui.run_guarded(body)
+run_guarded(body)

@@ -1,0 +1,116 @@
+"""The app's charts (Altair), drawn from the tables in ``app/view_model.py``."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from app.view_model import top5_frame
+from whales_identify.matching.results import Identification
+
+OCEAN = "#0b6e99"
+OCEAN_LIGHT = "#9cc9dd"
+AMBER = "#e8910c"
+AMBER_LIGHT = "#f6cf94"
+ROLE_COLOURS = {
+    "Answer: Catalogue individual": OCEAN,
+    "Catalogue individual": OCEAN_LIGHT,
+    "Answer: New individual": AMBER,
+    "New individual": AMBER_LIGHT,
+}
+CHART_KEY = (
+    "Strong colour: the answer. Blue: catalogue individuals; amber: *not in the catalogue* (a new individual). "
+    "All bars share one probability distribution."
+)
+
+
+def top5_chart(result: Identification, height: int = 230) -> alt.Chart:
+    """Horizontal bars: the answer in deep blue, other candidates light blue, 'new individual' amber."""
+    frame = top5_frame(result)
+    order = frame.sort_values("probability", ascending=False)["label"].tolist()
+    colours = alt.Scale(domain=list(ROLE_COLOURS), range=list(ROLE_COLOURS.values()))
+    base = alt.Chart(frame).encode(
+        y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=260)),
+        x=alt.X(
+            "probability:Q",
+            title="Probability",
+            scale=alt.Scale(domain=[0, 1.12]),
+            axis=alt.Axis(format="%", values=[0, 0.25, 0.5, 0.75, 1.0]),
+        ),
+    )
+    bars = base.mark_bar(cornerRadiusEnd=3).encode(
+        color=alt.Color("role:N", scale=colours, legend=None),
+        tooltip=[
+            alt.Tooltip("individual:N", title="Individual"),
+            alt.Tooltip("probability:Q", title="Probability", format=".1%"),
+            alt.Tooltip("score:Q", title="Similarity score", format=".3f"),
+        ],
+    )
+    text = base.mark_text(align="left", dx=4, color="#0d2a3a").encode(text="shown:N")
+    return (bars + text).properties(height=height)
+
+
+def score_chart(result: Identification, threshold: float, height: int = 200) -> alt.Chart:
+    """Similarity score of each candidate with the tuned new-individual threshold as a rule."""
+    frame = top5_frame(result)
+    frame = frame[frame["kind"] == "Catalogue individual"]
+    bars = (
+        alt.Chart(frame)
+        .mark_bar(color=OCEAN_LIGHT, cornerRadiusEnd=3)
+        .encode(
+            y=alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=260)),
+            x=alt.X(
+                "score:Q",
+                title="Similarity score (cosine)",
+                scale=alt.Scale(domain=[min(0.0, frame["score"].min() if len(frame) else 0), 1]),
+            ),
+            tooltip=[alt.Tooltip("individual:N"), alt.Tooltip("score:Q", format=".3f")],
+        )
+    )
+    rule_frame = pd.DataFrame({"threshold": [threshold], "text": [f"new-individual threshold {threshold:.2f}"]})
+    rule = alt.Chart(rule_frame).mark_rule(color=AMBER, strokeDash=[6, 3], size=2).encode(x="threshold:Q")
+    label = (
+        alt.Chart(rule_frame)
+        .mark_text(color=AMBER, align="left", dx=4, dy=-6, baseline="bottom")
+        .encode(x="threshold:Q", y=alt.value(0), text="text:N")
+    )
+    return (bars + rule + label).properties(height=height)
+
+
+def species_counts_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Photos per species, from ``view_model.batch_frame``'s rows."""
+    counts = frame.groupby("species_label").size().reset_index(name="photos")
+    return (
+        alt.Chart(counts)
+        .mark_bar(color=OCEAN, cornerRadiusEnd=3)
+        .encode(
+            y=alt.Y("species_label:N", sort="-x", title=None, axis=alt.Axis(labelLimit=220, labelOverlap=False)),
+            x=alt.X("photos:Q", title="Photos", axis=alt.Axis(tickMinStep=1)),
+            tooltip=["species_label:N", "photos:Q"],
+        )
+        .properties(height=max(140, 36 * len(counts)))
+    )
+
+
+def confidence_histogram(frame: pd.DataFrame) -> alt.Chart:
+    """How sure the answers are, known and new individuals stacked, from ``view_model.batch_frame``'s rows."""
+    return (
+        alt.Chart(frame)
+        .mark_bar(color=OCEAN_LIGHT)
+        .encode(
+            x=alt.X(
+                "probability:Q",
+                bin=alt.Bin(extent=[0, 1], step=0.1),
+                title="Probability of the answer",
+                axis=alt.Axis(format="%", values=[0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+            ),
+            y=alt.Y("count():Q", title="Photos"),
+            color=alt.Color(
+                "answer_kind:N",
+                title=None,
+                legend=alt.Legend(orient="bottom"),
+                scale=alt.Scale(domain=["Known individual", "New individual"], range=[OCEAN, AMBER]),
+            ),
+        )
+        .properties(height=220)
+    )

@@ -1,0 +1,134 @@
+"""The parts of a page that show one result: cards, badges, the answer, the mask, the comparison.
+
+They draw with Streamlit; what they show is computed in ``app/view_model.py`` and the charts
+come from ``app/charts.py``.
+"""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from app.charts import score_chart
+from app.view_model import percent, species_label
+from whales_identify.inputs.exif import PhotoMetadata
+from whales_identify.matching.results import Identification
+from whales_identify.model.mask import Box, crop_to_box, overlay
+
+COMPARE_WIDTH = 320  # px: catalogue thumbnails are small; larger only blurs them
+CARD_STYLE = "font-size:1.55rem;font-weight:600;line-height:1.25;overflow-wrap:anywhere"
+
+
+def card(label: str, value: str, note: str = "", key: str | None = None) -> None:
+    """A bordered label/value card whose value wraps instead of being cut off (unlike st.metric)."""
+    with st.container(border=True, key=key):
+        st.caption(label)
+        st.markdown(
+            f"<div style='{CARD_STYLE}'>{html.escape(value)}</div>",
+            unsafe_allow_html=True,
+        )
+        if note:
+            st.caption(note)
+
+
+def answer_header(result: Identification) -> None:
+    """Species with probability, then the individual or the new-individual badge."""
+    if result.rejected:
+        st.warning(
+            f"**No whale or dolphin found.** The model says {result.rejection_reason}. "
+            "Use a photo in which a fin, fluke, head or flank is clearly visible and fills a good part of the frame."
+        )
+        return
+    left, right = st.columns(2)
+    with left:
+        card(
+            "Species",
+            species_label(result.species),
+            f"{percent(result.species_probability)} probability",
+            key="card_species",
+        )
+    with right:
+        if result.new_individual or not result.top5:
+            card(
+                "Individual",
+                "New individual",
+                f"{percent(result.new_individual_probability)} probability",
+                key="card_individual",
+            )
+            st.badge("New individual", icon=":material/fiber_new:", color="orange")
+        else:
+            best = result.top5[0]
+            card("Individual", best.individual_id, f"{percent(best.probability)} probability", key="card_individual")
+            st.badge("Known individual", icon=":material/check_circle:", color="green")
+    best = result.best
+    if not result.new_individual and best is not None and best.species and best.species != result.species:
+        st.caption(
+            f"Note: the closest catalogue individual, {best.individual_id}, is catalogued as "
+            f"{species_label(best.species).lower()}; the species above comes from the photo itself. Check both."
+        )
+
+
+def decision_note(result: Identification, threshold: float, catalogue_size: int) -> None:
+    if catalogue_size == 0:
+        st.info("The catalogue is empty, so every photo is a new individual.")
+        return
+    with st.expander("How the decision is made"):
+        st.markdown(
+            "Each catalogue individual gets a **similarity score** (cosine between this photo's embedding and "
+            "the individual's closest photo, blended with its learned centre). Scores become probabilities "
+            f"together with a *new individual* option whose score is the tuned threshold **{threshold:.2f}**: "
+            "when no individual scores above it, the answer is *new individual*. All bars in the chart above "
+            "come from that one distribution (the rest of the catalogue holds the remainder)."
+        )
+        if result.top5:
+            st.altair_chart(score_chart(result, threshold), width="stretch")
+
+
+def side_by_side(image: Image.Image, box: Box | None, result: Identification, thumbnails: dict[str, bytes]) -> None:
+    """For each candidate, this photo (cropped to the animal) beside the catalogue's photo of it."""
+    if not result.top5:
+        return
+    st.subheader("Compare with the catalogue")
+    query = crop_to_box(image, box)
+    tabs = st.tabs([f"#{i} {c.individual_id}" for i, c in enumerate(result.top5, start=1)])
+    for tab, candidate in zip(tabs, result.top5, strict=True):
+        with tab:
+            left, right = st.columns(2)
+            left.image(query, caption="This photo", width=COMPARE_WIDTH)
+            thumb = thumbnails.get(candidate.individual_id)
+            if thumb:
+                right.image(thumb, caption=f"{candidate.individual_id} in the catalogue", width=COMPARE_WIDTH)
+            else:
+                right.info("No catalogue photo stored for this individual.")
+            st.caption(
+                f"{species_label(candidate.species)} · probability {percent(candidate.probability)} · "
+                f"similarity score {candidate.score:.3f}"
+            )
+
+
+def metadata_block(meta: PhotoMetadata) -> None:
+    """The photo's EXIF date and GPS position, with a small map when it has one."""
+    if not meta.taken_at and meta.latitude is None:
+        st.caption("No date or GPS position in this photo's EXIF data.")
+        return
+    cols = st.columns(3)
+    cols[0].metric("Taken", meta.taken_at or "—")
+    if meta.latitude is not None and meta.longitude is not None:
+        cols[1].metric("Latitude", f"{meta.latitude:.5f}")
+        cols[2].metric("Longitude", f"{meta.longitude:.5f}")
+        st.map(pd.DataFrame({"lat": [meta.latitude], "lon": [meta.longitude]}), zoom=6, height=260)
+
+
+def mask_view(image: Image.Image, mask: Image.Image | None, box: Box | None, key: str, caption: str = "") -> None:
+    """The photo with the mask overlay; opacity slider and box toggle (no recomputation)."""
+    if mask is None:
+        st.image(image, caption=caption or None, width="stretch")
+        return
+    c1, c2 = st.columns([3, 1])
+    opacity = c1.slider("Mask opacity", 0.0, 1.0, 0.4, 0.05, key=f"{key}_opacity")
+    show_box = c2.toggle("Show box", value=True, key=f"{key}_box")
+    shown = overlay(image, mask, opacity, box=box if show_box else None)
+    st.image(shown, caption=caption or None, width="stretch")
