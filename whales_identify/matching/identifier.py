@@ -24,6 +24,7 @@ from whales_identify.config import (
     SpeedConfig,
 )
 from whales_identify.errors import ModelLoadError, WhaleIdError
+from whales_identify.inputs.content import blank_reason
 from whales_identify.inputs.imaging import decode_image
 from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
@@ -171,7 +172,16 @@ class Identifier:
     # --- convenience -----------------------------------------------------------------
     def identify(self, source: ImageSource) -> Identification:
         """Identify one photo (path, bytes or PIL image)."""
-        return self.decide(self.forward([self.prepare_input(source)])[0])
+        return self.answer([self.prepare_input(source)])[0]
+
+    def answer(self, images: list[Image.Image], threads: int | None = None) -> list[Identification]:
+        """Decoded photos → answers. A frame with nothing in it (uniform, smooth, noise) is refused
+        by the content gate before the network, which would answer it with confident nonsense."""
+        blank = [blank_reason(image) for image in images]
+        outputs = iter(
+            self.forward([image for image, reason in zip(images, blank, strict=True) if not reason], threads)
+        )
+        return [rules.nothing_to_identify(reason) if reason else self.decide(next(outputs)) for reason in blank]
 
     def identify_many(
         self, sources: Iterable[tuple[str, ImageSource]], batch_size: int | None = None
@@ -232,8 +242,8 @@ class Identifier:
                 outcomes.append(None)
             except WhaleIdError as exc:
                 outcomes.append(exc)
-        for position, output in zip(positions, self.forward(images, threads=threads), strict=True):
-            outcomes[position] = self.decide(output)
+        for position, answer in zip(positions, self.answer(images, threads=threads), strict=True):
+            outcomes[position] = answer
         return [(name, outcome) for (name, _), outcome in zip(chunk, outcomes, strict=True)]  # type: ignore[misc]
 
 

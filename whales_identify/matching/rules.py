@@ -137,3 +137,16 @@ def decide(
         embedding=scores.embedding,
         species_probabilities={n: float(p) for n, p in zip(species_names, species_p, strict=True)},
     )
+
+
+def nothing_to_identify(reason: str) -> Identification:
+    """The answer for a frame refused before the network: rejected, with no species guess and no candidates."""
+    return Identification(
+        species=NON_CETACEAN,
+        species_probability=1.0,
+        top5=[],
+        new_individual=False,
+        new_individual_probability=0.0,
+        rejected=True,
+        rejection_reason=reason,
+    )
