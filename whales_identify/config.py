@@ -249,4 +249,4 @@ class ContentGateConfig:
     block: int = 4  # block size of the coarse thumbnail
     min_coarse_std: float = 2.0  # grey levels (0-255) of the block-mean thumbnail
     min_structure: float = 0.40  # coarse/fine std; i.i.d. noise gives ~0.25, photographs 0.6-1
-    min_detail: float = 1.0  # mean |Laplacian| of the block-mean thumbnail, grey levels
+    min_detail: float = 0.7  # mean |Laplacian| of the block-mean thumbnail; a radial vignette gives 0.64
