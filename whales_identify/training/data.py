@@ -1,14 +1,22 @@
-"""The labelled photographs and the held-out split used to train and measure.
+"""The labelled photographs and the held-out splits used to train and measure.
 
-Split (by image, seeded): for each individual with two or more photos, one photo
-is a *test* query and, with four or more, one more is a *validation* query; a
-seeded 10 % of individuals are held out entirely (half validation, half test)
-so that ``new_individual`` can be measured; negatives are split 40/20/40.
-Everything else is *train*, which is also the gallery when measuring.
+Two splits, both seeded and reproducible:
+
+* **by individual** (``assign_splits_by_individual``, the default since the field-photo issue):
+  within each species a seeded 20 % of the individuals are *test* and 10 % *validation*, every
+  photo of an individual following it, so no photo of a test or validation animal is ever
+  trained on; a species with one individual stays in training. Negatives are held out as whole
+  groups (their ``source``, or ``source/scene`` with the scene from the file name), so the
+  rejection is measured on kinds of pictures it never saw. This is what a new animal gets.
+* **by photo** (``assign_splits``, the earlier split): for each individual with two or more
+  photos one photo is a *test* query and, with four or more, one more is a *validation* query;
+  a seeded 10 % of individuals are held out whole. It measures re-identifying a known animal
+  from another photo; its species figures are learnt per individual and flatter new animals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,8 +26,12 @@ import pandas as pd
 
 from whales_identify.config import NON_CETACEAN
 from whales_identify.errors import LabelsError
+from whales_identify.training.catalogue_check import refuse_placeholders
 
 SPLITS = ("train", "val", "test")
+SPLIT_KINDS = ("individual", "photo")
+TEST_INDIVIDUAL_SHARE = 0.2  # by individual: of each species' individuals
+VAL_INDIVIDUAL_SHARE = 0.1
 HELD_OUT_INDIVIDUAL_SHARE = 0.10
 MAX_HELD_OUT_PHOTOS = 20
 
@@ -91,13 +103,56 @@ def assign_splits(frame: pd.DataFrame, seed: int) -> pd.Series:
     return split
 
 
-def load_dataset(data_root: Path | str, seed: int) -> pd.DataFrame:
-    """labels.csv of the shared data with absolute paths, boxes and a split column."""
+def _seeded(seed: int, key: str) -> random.Random:
+    """A generator of its own for each key, so adding a species or a source changes no other's split."""
+    return random.Random(int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:16], 16))
+
+
+def negative_group(image: str, source: str) -> str:
+    """The hold-out group of a negative photo: its source and scene (the file name's first word)."""
+    return f"{source}/{Path(image).name.split('_')[0]}"
+
+
+def assign_splits_by_individual(frame: pd.DataFrame, seed: int) -> pd.Series:
+    """``train``/``val``/``test`` for every row: whole individuals per species, whole negative groups."""
+    split = pd.Series("train", index=frame.index, dtype=object)
+    ids = frame["individual_id"]
+    named = frame[(frame["species"] != NON_CETACEAN) & (ids != "")]
+    species_of = named.groupby("individual_id")["species"].agg(lambda s: s.value_counts().index[0])
+    for species, members in species_of.groupby(species_of):
+        pool = sorted(members.index)
+        _seeded(seed, f"species:{species}").shuffle(pool)
+        n = len(pool)
+        n_test = min(max(1, round(TEST_INDIVIDUAL_SHARE * n)), n - 1) if n >= 2 else 0
+        n_val = min(max(1, round(VAL_INDIVIDUAL_SHARE * n)), n - 1 - n_test) if n >= 3 else 0
+        for position, individual in enumerate(pool):
+            name = "test" if position < n_test else ("val" if position < n_test + n_val else "train")
+            split[named.index[named["individual_id"] == individual]] = name
+    negatives = frame[frame["species"] == NON_CETACEAN]
+    source = negatives["source"] if "source" in negatives.columns else pd.Series("", index=negatives.index)
+    groups = pd.Series(
+        [negative_group(i, s) for i, s in zip(negatives["image"], source, strict=True)], index=negatives.index
+    )
+    sizes = groups.value_counts()
+    order = sorted(sizes.index)
+    _seeded(seed, "negatives").shuffle(order)
+    order.sort(key=lambda g: -sizes[g])  # the largest group trains; then test, val, train, ... in seeded order
+    for position, group in enumerate(order):
+        split[groups.index[groups == group]] = ("train", "test", "val")[position % 3]
+    return split
+
+
+def load_dataset(data_root: Path | str, seed: int, split: str = "individual") -> pd.DataFrame:
+    """labels.csv of the shared data with absolute paths, boxes and a ``split`` column made
+    ``by individual`` (default) or ``by photo``; placeholder ids are refused."""
+    if split not in SPLIT_KINDS:
+        raise LabelsError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_KINDS)}")
     data_root = Path(data_root)
     frame = read_labels(data_root / "labels.csv")
     frame["path"] = [str(data_root / image) for image in frame["image"]]
     frame["box"] = [parse_box(text) for text in frame["bbox_xyxy"]]
-    frame["split"] = assign_splits(frame, seed)
+    refuse_placeholders(frame["individual_id"], str(data_root / "labels.csv"))
+    frame["split"] = assign_splits_by_individual(frame, seed) if split == "individual" else assign_splits(frame, seed)
     return frame
 
 
