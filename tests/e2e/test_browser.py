@@ -39,8 +39,22 @@ ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 180_000  # a 2-core machine shared with training: be patient
+# Never a fixed sleep: every wait is for a condition. This one holds when the app's script run has
+# finished and what it drew has painted: every visible image loaded, every visible chart drawn
+# (Streamlit loads the chart and map components lazily, after the run itself has ended).
+SETTLED = """() => {
+    const app = document.querySelector("[data-testid='stApp']");
+    const main = document.querySelector("[data-testid='stMain']");
+    if (!app || !main || app.getAttribute("data-test-script-state") !== "notRunning") return false;
+    const shown = (el) => el.getClientRects().length > 0;
+    const images = [...main.querySelectorAll("img")].filter(shown);
+    const charts = [...main.querySelectorAll("[data-testid='stVegaLiteChart']")].filter(shown);
+    return images.every((img) => img.complete && img.naturalWidth > 0)
+        && charts.every((chart) => chart.querySelector("canvas, svg") !== null);
+}"""
 
 from playwright import sync_api  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,6 +176,12 @@ def page(browser):
     context.close()
 
 
+def _settled(page) -> None:
+    """Wait until the current script run has finished and painted (call it after waiting for the run's content)."""
+    page.wait_for_function(SETTLED, timeout=TIMEOUT_MS, polling=100)
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
 def _upload(page, path_or_payload) -> None:
     page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(path_or_payload)
 
@@ -175,13 +195,14 @@ def test_identify_one_photo(page, server, shots):
     page.get_by_text("Identify a whale or dolphin").first.wait_for()
     page.get_by_text("Upload a photo, take one with the camera").wait_for()  # the empty state, fully drawn
     load_s = time.perf_counter() - start
+    _settled(page)
     page.screenshot(path=str(shots / "1_identify_empty.png"), full_page=True)
 
     _upload(page, str(photos[0]))
     page.get_by_text("Mask opacity").first.wait_for()
     page.locator(".st-key-card_species").first.wait_for()
     page.locator("[data-testid='stVegaLiteChart'], .vega-embed").first.wait_for()
-    page.wait_for_timeout(1500)  # let the chart and images paint
+    _settled(page)  # the chart and images painted
     main = page.locator("[data-testid='stMain']")
     species = main.locator(".st-key-card_species").inner_text()
     individual = main.locator(".st-key-card_individual").inner_text()
@@ -210,7 +231,8 @@ def test_identify_one_photo(page, server, shots):
     page.get_by_role("tab", name="Audit log").click()
     page.get_by_text("browser-test").first.wait_for(state="attached")  # a cell of the grid
     page.get_by_role("tab", name="Individuals").click()
-    page.wait_for_timeout(1500)
+    expect(page.get_by_role("tab", name="Individuals")).to_have_attribute("aria-selected", "true", timeout=TIMEOUT_MS)
+    _settled(page)
     page.screenshot(path=str(shots / "4_catalogue_after_save.png"), full_page=True)
 
 
@@ -237,11 +259,15 @@ def test_batch_zip(page, server, shots):
     page.get_by_text("Download all results (CSV)").wait_for()
     page.locator("[data-testid='stDataFrame']").first.wait_for()
     page.get_by_text("Photos per species").wait_for()
-    page.wait_for_timeout(2500)  # the grid, charts and map paint
-    assert page.locator("[data-testid='stDeckGlJsonChart']").count() >= 1  # the GPS photo is on the map
+    page.get_by_text("with GPS)").wait_for()  # the map's heading: the one GPS photo is located
+    # The map component is loaded lazily after the run: wait for it, however long that takes here.
+    expect(page.locator("[data-testid='stDeckGlJsonChart']")).to_have_count(1, timeout=TIMEOUT_MS)
+    _settled(page)  # the grid, charts and thumbnails painted
     page.screenshot(path=str(shots / "3_batch_result.png"), full_page=True)
     page.set_viewport_size({"width": 1400, "height": 3400})  # Streamlit scrolls inside its main block
-    page.wait_for_timeout(2000)
+    page.wait_for_function("height => window.innerHeight === height", arg=3400, timeout=TIMEOUT_MS)
+    page.locator("[data-testid='stDeckGlJsonChart'] canvas").first.wait_for(state="attached")
+    _settled(page)
     page.screenshot(path=str(shots / "3b_batch_full.png"))
     page.get_by_text("broken.jpg").first.wait_for(state="attached")  # the bad file is a row of the grid
 
@@ -264,8 +290,7 @@ def test_other_pages(page, server, shots):
     ):
         page.locator("[data-testid='stSidebarNav'] a").filter(has_text=link).click()
         page.locator("h1").filter(has_text=title).first.wait_for()
-        page.wait_for_timeout(1500)
-        assert page.locator("[data-testid='stException']").count() == 0
+        _settled(page)
         page.screenshot(path=str(shots / shot), full_page=True)
 
 
@@ -276,6 +301,21 @@ def test_a_photo_without_a_cetacean_is_explained(page, server, shots):
     page.get_by_text("Upload a photo, take one with the camera").wait_for()
     _upload(page, str(negatives[0]))
     page.get_by_text("No whale or dolphin found").wait_for()
-    page.wait_for_timeout(1000)
-    assert page.locator("[data-testid='stException']").count() == 0
+    _settled(page)
     page.screenshot(path=str(shots / "7_rejected.png"), full_page=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "title"),
+    [
+        ("batch", "Batch identification"),
+        ("catalogue", "Catalogue"),
+        ("about_model", "About the model"),
+    ],
+)
+def test_each_page_opens_first_from_its_url(page, server, path, title):
+    """A fresh browser session whose first page is not the default one (every session key initialised)."""
+    page.goto(f"{server}/{path}")
+    page.locator("h1").filter(has_text=title).first.wait_for()
+    _settled(page)
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0
