@@ -205,6 +205,31 @@ class CatalogConfig:
     max_csv_bytes: int = 16 * 1024 * 1024  # an enrolment or export CSV larger than this is refused
 
 
+# Individual ids: ASCII letters and digits, with _ . : ( ) anywhere and - and space inside; 1–64 characters.
+# Every id of the bundled catalogue fits (hex, UUIDs, 'whale_53889', 'CRC-20448', 'unknown(not 1056)').
+# Not allowed: a leading '-' or space (with '=', '+', '@' outside the alphabet, no id can start a spreadsheet
+# formula), a trailing space, control characters, Markdown/HTML punctuation, '/', and letters of other
+# alphabets (look-alikes such as Cyrillic 'а' would make two ids that read the same).
+INDIVIDUAL_ID_PATTERN = r"[A-Za-z0-9_.:()](?:[A-Za-z0-9_.:() -]{0,62}[A-Za-z0-9_.:()-])?"
+# A species is one of the model's species names, or a new name in snake_case.
+SPECIES_PATTERN = r"[a-z][a-z0-9_]{1,63}"
+# A model version (the checkpoint's hash in this project; 'fake-1' in tests).
+MODEL_VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}"
+
+
+@dataclass(frozen=True)
+class TextRules:
+    """Untrusted text: where ids, species and CSV cells come from users' files (``inputs/text.py``)."""
+
+    individual_id_pattern: str = INDIVIDUAL_ID_PATTERN
+    individual_id_max_chars: int = 64
+    species_pattern: str = SPECIES_PATTERN
+    model_version_pattern: str = MODEL_VERSION_PATTERN
+    max_csv_field_chars: int = 4_096  # one cell of an enrolment CSV (a file path, an id, a species)
+    # OWASP CSV injection: a cell starting with one of these is prefixed with ' unless it is a number.
+    csv_formula_starts: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+
+
 @dataclass
 class MaskConfig:
     """The animal mask: u2netp (salient-object segmentation) run through rembg, offline."""

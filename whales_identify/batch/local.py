@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import ArchiveEntry, iter_photos
 from whales_identify.inputs.exif import read_metadata
+from whales_identify.inputs.text import csv_safe
 from whales_identify.matching.identifier import Identifier
 from whales_identify.matching.results import Identification
 
@@ -130,10 +131,11 @@ def run_batch(
 
 
 def write_csv(rows: Iterable[BatchRow], handle) -> int:
+    """Rows as CSV; every cell through ``csv_safe`` (file names and ids come from users' files)."""
     writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     count = 0
     for row in rows:
-        writer.writerow(row.to_record())
+        writer.writerow({key: csv_safe(value) for key, value in row.to_record().items()})
         count += 1
     return count

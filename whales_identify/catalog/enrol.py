@@ -7,7 +7,6 @@ milliseconds, and a ZIP is stored all or nothing.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 from collections.abc import Iterator, Sequence
@@ -25,11 +24,14 @@ from whales_identify.catalog.store import (
     Embedder,
     NewImage,
     UnknownIndividualError,
+    checked_id,
+    checked_species,
 )
 from whales_identify.errors import LabelsError, WhaleIdError
 from whales_identify.inputs.archive import is_image_name, iter_photos, open_zip
 from whales_identify.inputs.exif import read_metadata
 from whales_identify.inputs.imaging import encode_jpeg
+from whales_identify.inputs.text import decode_text, read_csv
 
 CSV_FIELDS = ("image", "individual_id", "species")
 
@@ -48,6 +50,7 @@ class EnrolRow:
 @dataclass
 class EnrolReport:
     rows: list[EnrolRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. "labels.csv was read as Windows-1252"
 
     @property
     def ok(self) -> bool:
@@ -61,7 +64,8 @@ class EnrolReport:
 
     def summary(self) -> str:
         counts = {s: self.count(s) for s in ("added", "duplicate", "skipped", "error")}
-        return ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "nothing to do"
+        text = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "nothing to do"
+        return "; ".join([text, *self.notes])
 
 
 class EnrolmentError(CatalogError):
@@ -103,6 +107,19 @@ def _embed(catalog: Catalog, identifier: Embedder, crops: Sequence[bytes]) -> It
             yield output.embedding
 
 
+def accepted_species(catalog: Catalog, identifier: Embedder) -> set[str]:
+    """The model's species names and the bundled catalogue's: always accepted as a species."""
+    names = set(getattr(identifier, "species_names", ()) or ())
+    if catalog.base is not None:
+        names |= set(catalog.base.species.tolist())
+    return names
+
+
+def _checked_new_id(catalog: Catalog, individual_id: str) -> str:
+    """An id that will be created must follow the rules; one already in the catalogue is taken as it is."""
+    return individual_id if catalog.known(individual_id) else checked_id(individual_id)
+
+
 def _record(
     p: _Prepared, embedding: Any, individual_id: str, species: str, version: str, new: bool, tags: str
 ) -> NewImage:
@@ -142,6 +159,9 @@ def enrol_photo(
     individual_id = individual_id.strip()
     if not individual_id:
         raise CatalogError("an individual id is needed")
+    _checked_new_id(catalog, individual_id)
+    if species and species.strip():
+        checked_species(species.strip(), accepted_species(catalog, identifier))
     sha = hashlib.sha256(data).hexdigest()
     found = catalog.find_image(sha)
     if found:
@@ -172,55 +192,67 @@ def enrol_photo(
 
 
 # --- ZIP (or folder) enrolment ---------------------------------------------------------------
-def _read_csv_listing(source: str | Path | BinaryIO, max_bytes: int) -> tuple[str, list[dict[str, str]]] | None:
-    """The archive's one CSV (name, rows), or None when photos are in one folder per individual."""
+def _read_csv_listing(source: str | Path | BinaryIO, max_bytes: int) -> tuple[str, list[dict[str, str]], str] | None:
+    """The archive's one CSV (name, rows, a note on its encoding), or None when photos are in one folder
+    per individual. Never more than ``max_bytes`` is read, whatever the ZIP's directory claims."""
     if isinstance(source, str | Path) and Path(source).is_dir():
         found = [p for p in Path(source).rglob("*.csv") if not any(s.startswith(".") for s in p.parts)]
         if not found:
             return None
         if len(found) > 1:
             raise LabelsError(f"the folder holds {len(found)} CSV files; keep one (image,individual_id,species)")
-        if found[0].stat().st_size > max_bytes:
-            raise LabelsError(f"{found[0].name} is too large")
         rel = found[0].relative_to(source).as_posix()
-        return rel, _parse_csv(found[0].read_bytes().decode("utf-8-sig", errors="replace"), rel)
-    with open_zip(source) as archive:
-        members = [
-            i
-            for i in archive.infolist()
-            if i.filename.lower().endswith(".csv")
-            and not i.is_dir()
-            and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(i.filename).parts)
-        ]
-        if not members:
-            return None
-        if len(members) > 1:
-            raise LabelsError(f"the ZIP holds {len(members)} CSV files; keep one (image,individual_id,species)")
-        if members[0].file_size > max_bytes:
-            raise LabelsError(f"{members[0].filename} is too large")
-        text = archive.read(members[0]).decode("utf-8-sig", errors="replace")
-    if hasattr(source, "seek"):
-        source.seek(0)
-    return members[0].filename, _parse_csv(text, members[0].filename)
+        try:
+            with found[0].open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise LabelsError(f"cannot read {rel}: {exc.strerror or exc}") from exc
+    else:
+        with open_zip(source) as archive:
+            members = [
+                i
+                for i in archive.infolist()
+                if i.filename.lower().endswith(".csv")
+                and not i.is_dir()
+                and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(i.filename).parts)
+            ]
+            if not members:
+                return None
+            if len(members) > 1:
+                raise LabelsError(f"the ZIP holds {len(members)} CSV files; keep one (image,individual_id,species)")
+            rel = members[0].filename
+            if members[0].file_size > max_bytes:
+                raise LabelsError(f"{rel} is too large ({members[0].file_size:,} bytes; the limit is {max_bytes:,})")
+            try:
+                with archive.open(members[0]) as handle:
+                    data = handle.read(max_bytes + 1)
+            except Exception as exc:  # a damaged member: zipfile raises many kinds (see inputs.archive)
+                raise LabelsError(f"cannot read {rel} from the ZIP ({type(exc).__name__}: {exc})") from exc
+        if hasattr(source, "seek"):
+            source.seek(0)
+    if len(data) > max_bytes:
+        raise LabelsError(f"{rel} is too large; the limit is {max_bytes:,} bytes")
+    text, note = decode_text(data, rel)
+    return rel, _parse_csv(text, rel), note
 
 
 def _parse_csv(text: str, name: str) -> list[dict[str, str]]:
-    reader = csv.DictReader(io.StringIO(text))
-    columns = [c.strip() for c in reader.fieldnames or []]
-    if "image" not in columns or "individual_id" not in columns:
-        raise LabelsError(f"{name} needs the columns image,individual_id[,species]; it has {','.join(columns)}")
-    rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    table = read_csv(text, name)
+    if "image" not in table.columns or "individual_id" not in table.columns:
+        raise LabelsError(f"{name} needs the columns image,individual_id[,species]; it has {','.join(table.columns)}")
+    rows = [{k: v.strip() for k, v in row.items()} for row in table.rows]
     return [r for r in rows if r.get("image")]
 
 
 def _listing(
     catalog: Catalog, source: str | Path | BinaryIO, species: str | None
-) -> tuple[dict[str, tuple[str, str]], str | None]:
-    """What the archive says: {file: (individual id, species)} and the CSV's name (None in folder mode)."""
+) -> tuple[dict[str, tuple[str, str]], str | None, str]:
+    """What the archive says: {file: (individual id, species)}, the CSV's name (None in folder mode) and a
+    note on its encoding ("" for UTF-8)."""
     found = _read_csv_listing(source, catalog.config.max_csv_bytes)
     if found is None:
-        return {}, None
-    csv_name, rows = found
+        return {}, None, ""
+    csv_name, rows, note = found
     prefix = str(PurePosixPath(csv_name).parent)
     listed: dict[str, tuple[str, str]] = {}
     for row in rows:
@@ -229,7 +261,7 @@ def _listing(
         if prefix not in ("", "."):
             image = f"{prefix}/{image}"
         listed[image] = (row.get("individual_id", ""), row.get("species", "") or (species or ""))
-    return listed, csv_name
+    return listed, csv_name, note
 
 
 def enrol_zip(
@@ -247,7 +279,12 @@ def enrol_zip(
     Ids already known are confirmed; others become new individuals.
     """
     report = EnrolReport()
-    listed, csv_name = _listing(catalog, zip_source, species)
+    species = (species or "").strip() or None
+    if species:
+        checked_species(species, accepted_species(catalog, identifier))
+    listed, csv_name, note = _listing(catalog, zip_source, species)
+    if note:
+        report.notes.append(note)
     prepared: list[tuple[_Prepared, str, str]] = []
     seen: dict[str, str] = {}  # sha256 → file, for duplicates inside the archive
     batch_species: dict[str, str] = {}  # new individuals of this archive → species
@@ -309,20 +346,27 @@ def _take(
     if not individual_id:
         report.rows.append(EnrolRow(entry.name, "error", "no individual id"))
         return
+    try:
+        _checked_new_id(catalog, individual_id)
+        if species:
+            checked_species(species, accepted_species(catalog, identifier))
+    except CatalogError as exc:
+        report.rows.append(EnrolRow(entry.name, "error", str(exc), individual_id))
+        return
     seen, batch_species = state
-    known_species = catalog.species_of(individual_id) or batch_species.get(individual_id)
-    species = species or known_species or ""
+    species_before = catalog.species_of(individual_id) or batch_species.get(individual_id)
+    species = species or species_before or ""
     if not species:
         report.rows.append(
             EnrolRow(entry.name, "error", f"no species for new individual {individual_id!r}", individual_id)
         )
         return
-    if known_species and species != known_species:
+    if species_before and species != species_before:
         report.rows.append(
             EnrolRow(
                 entry.name,
                 "error",
-                f"species {species} differs from the catalogue's {known_species} for {individual_id}",
+                f"species {species} differs from the catalogue's {species_before} for {individual_id}",
                 individual_id,
             )
         )

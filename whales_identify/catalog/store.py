@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +30,7 @@ from PIL import Image
 
 from whales_identify.config import LEGACY_HOME_ENV, CatalogConfig
 from whales_identify.errors import WhaleIdError
+from whales_identify.inputs.text import InvalidTextError, validate_individual_id, validate_species
 from whales_identify.matching.gallery import Gallery
 
 ACTIONS = ("enrolled", "confirmed", "renamed", "merged", "removed", "imported", "reembedded")
@@ -50,6 +51,26 @@ class DuplicateIndividualError(CatalogError):
 
 class StaleModelError(CatalogError):
     """Embeddings from several models and no way to tell which one is current."""
+
+
+class InvalidValueError(CatalogError, InvalidTextError):
+    """An individual id or a species that does not follow the rules of ``inputs/text.py``."""
+
+
+def checked_id(text: str) -> str:
+    """``validate_individual_id`` as a ``CatalogError`` (what callers of the catalogue catch)."""
+    try:
+        return validate_individual_id(text)
+    except InvalidTextError as exc:
+        raise InvalidValueError(str(exc)) from exc
+
+
+def checked_species(text: str, known: Iterable[str] = ()) -> str:
+    """``validate_species`` as a ``CatalogError``."""
+    try:
+        return validate_species(text, known)
+    except InvalidTextError as exc:
+        raise InvalidValueError(str(exc)) from exc
 
 
 class Embedder(Protocol):
@@ -214,6 +235,7 @@ class Catalog:
         self._writes = 0
         self._cache: dict[tuple, Any] = {}
         self._base_ids = set(base.individuals.tolist()) if base is not None else set()
+        self._base_species = set(base.species.tolist()) if base is not None else set()
         self._conn = self._connect()
         try:
             self._migrate()
@@ -369,6 +391,9 @@ class Catalog:
                     ids.append(None)
                     continue
                 if img.individual_id not in existing and img.individual_id not in created:
+                    if not self.in_base(img.individual_id):  # a new id: it must follow the rules
+                        checked_id(img.individual_id)
+                        checked_species(img.species, self._base_species)
                     conn.execute(
                         "INSERT OR IGNORE INTO individuals (id, species, created_at) VALUES (?, ?, ?)",
                         (img.individual_id, img.species, now()),
@@ -435,7 +460,7 @@ class Catalog:
         actor: str | None = None,
     ) -> None:
         """Change a user individual's id (its photos follow) and/or its display name and notes."""
-        new_id = new_id.strip() if new_id else None
+        new_id = checked_id(new_id.strip()) if new_id else None
         with self.transaction() as conn:
             self._user_individual(conn, individual_id)
             details: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 from whales_identify.catalog.store import Catalog, CatalogError
 from whales_identify.cli.options import add_model_options
 from whales_identify.config import DEFAULT_CATALOGUE
+from whales_identify.inputs.text import csv_safe
 from whales_identify.services import load_services, open_catalog
 
 
@@ -28,7 +29,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if frame.empty and not args.csv:
         print("no individuals yet" + ("" if args.all else " (--all includes the bundled catalogue)"))
     else:
-        print(frame.to_csv(index=False) if args.csv else frame.to_string(index=False))
+        print(frame.map(csv_safe).to_csv(index=False) if args.csv else frame.to_string(index=False))
     return 0
 
 
