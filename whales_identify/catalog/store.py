@@ -18,9 +18,10 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -51,6 +52,10 @@ class DuplicateIndividualError(CatalogError):
 
 class StaleModelError(CatalogError):
     """Embeddings from several models and no way to tell which one is current."""
+
+
+class ReadOnlyCatalogError(CatalogError):
+    """A change was asked of a catalogue that can only be read (the file or its folder is read-only)."""
 
 
 class InvalidValueError(CatalogError, InvalidTextError):
@@ -159,6 +164,60 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 # Migration hook: MIGRATIONS[n] upgrades a version n-1 database to version n (inside one transaction).
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
 SCHEMA_VERSION = max(MIGRATIONS)
+_KIND_ORDER = {"trigger": 0, "view": 1, "table": 2, "index": 3}
+
+
+def _schema_objects(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
+    """{(type, name): its SQL with whitespace collapsed} for every object of the main database."""
+    rows = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+    return {
+        (str(kind), str(name)): " ".join(str(sql or "").split())
+        for kind, name, sql in rows
+        if not str(name).startswith("sqlite_stat")  # ANALYZE's statistics: harmless, made by sqlite itself
+    }
+
+
+@cache
+def expected_schema(version: int) -> dict[tuple[str, str], str]:
+    """The objects a catalogue of schema ``version`` holds: what this program's migrations create."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for step in range(1, version + 1):
+            MIGRATIONS[step](conn)
+        return _schema_objects(conn)
+    finally:
+        conn.close()
+
+
+def schema_problems(conn: sqlite3.Connection, version: int) -> list[str]:
+    """What differs from ``expected_schema(version)``: extra triggers, views, tables, indexes first."""
+    expected, actual = expected_schema(version), _schema_objects(conn)
+
+    def article(kind: str) -> str:
+        return "an" if kind[0] in "aeiou" else "a"
+
+    extra = sorted(actual.keys() - expected.keys(), key=lambda k: (_KIND_ORDER.get(k[0], 9), k[1]))
+    problems = [f"{article(kind)} {kind} {name!r} that a catalogue does not have" for kind, name in extra]
+    problems += [f"no {kind} {name!r}" for kind, name in sorted(expected.keys() - actual.keys())]
+    problems += [
+        f"the {kind} {name!r} differs from this program's schema"
+        for kind, name in sorted(expected.keys() & actual.keys())
+        if expected[(kind, name)] != actual[(kind, name)]
+    ]
+    if not problems:
+        recorded = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        if recorded != version:
+            problems.append(f"its schema_version table says {recorded} but the file says version {version}")
+    return problems
+
+
+def _read_only_error(exc: sqlite3.Error) -> bool:
+    """sqlite's answer when the file, its folder or its WAL/shared-memory files cannot be written."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    text = str(exc).lower()
+    return name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")) or "readonly" in text or "unable to open" in text
+
+
 IMAGE_COLUMNS = (
     "id",
     "individual_id",
@@ -192,8 +251,18 @@ def default_path(config: CatalogConfig | None = None) -> Path:
     config = config or CatalogConfig()
     home = os.environ.get(config.home_env) or os.environ.get(LEGACY_HOME_ENV) or config.default_home
     folder = Path(home).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     return folder / config.file_name
+
+
+def _make_folder(folder: Path) -> None:
+    """Create the catalogue's folder if needed (an existing one is left alone: it may be read-only)."""
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CatalogError(f"cannot create the catalogue folder {folder}: {exc.strerror or exc}") from exc
 
 
 def normalise_tags(tags: str | Sequence[str] | None) -> str:
@@ -227,7 +296,7 @@ class Catalog:
     ) -> None:
         self.config = config or CatalogConfig()
         self.path = Path(path) if path is not None else default_path(self.config)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(self.path.parent)
         self.base = base
         self.model_version = model_version if model_version is not None else (base.model_version if base else "")
         self.actor = actor or default_actor()
@@ -236,6 +305,8 @@ class Catalog:
         self._cache: dict[tuple, Any] = {}
         self._base_ids = set(base.individuals.tolist()) if base is not None else set()
         self._base_species = set(base.species.tolist()) if base is not None else set()
+        # Why the catalogue can only be read ("" when it can be written): see ``_connect``.
+        self.read_only_reason = ""
         self._conn = self._connect()
         try:
             self._migrate()
@@ -243,8 +314,44 @@ class Catalog:
             self._conn.close()
             raise
 
+    @property
+    def read_only(self) -> bool:
+        """True when the file or its folder cannot be written: searching works, changes raise
+        ``ReadOnlyCatalogError``."""
+        return bool(self.read_only_reason)
+
     # --- connection and transactions ---------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        """Read-write when the file and its folder can be written, else read-only (``read_only_reason`` says why)."""
+        if self.path.is_dir():
+            raise CatalogError(f"cannot open the catalogue {self.path}: it is a folder, not a file")
+        reason = self._why_not_writable()
+        if not reason:
+            try:
+                return self._connect_read_write()
+            except sqlite3.OperationalError as exc:
+                if not (_read_only_error(exc) and self.path.exists()):
+                    raise CatalogError(f"cannot open the catalogue {self.path}: {exc}") from exc
+                reason = f"sqlite could not write it: {exc}"
+        return self._connect_read_only(reason)
+
+    def _why_not_writable(self) -> str:
+        folder = self.path.parent
+        if not self.path.exists():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise CatalogError(f"cannot create the catalogue {self.path}: the folder {folder} is read-only")
+            return ""
+        if not os.access(self.path, os.W_OK):
+            return "the file is read-only"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"its folder {folder} is read-only"
+        return ""
+
+    def _settings(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_ms)}")
+        conn.execute("PRAGMA trusted_schema = OFF")  # SQL in the file may not call functions with side effects
+
+    def _connect_read_write(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.config.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
@@ -252,11 +359,16 @@ class Catalog:
         except sqlite3.Error as exc:
             raise CatalogError(f"cannot open the catalogue {self.path}: {exc}") from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_ms)}")
+            self._settings(conn)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a commit survives a crash of the app
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if _read_only_error(exc):
+                raise  # opened read-only by ``_connect``
+            raise CatalogError(f"{self.path} is not a catalogue database: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise CatalogError(f"{self.path} is not a catalogue database: {exc}") from exc
@@ -264,6 +376,42 @@ class Catalog:
             conn.close()
             raise CatalogError(f"{self.path}: cannot use WAL mode (journal mode {mode}); is it on a network drive?")
         return conn
+
+    def _connect_read_only(self, reason: str) -> sqlite3.Connection:
+        """``mode=ro``; where sqlite cannot make the WAL's shared-memory file beside it (a read-only folder), the
+        file is opened as immutable, which is only right when no WAL file holds changes not yet merged into it."""
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        wal = self.path.with_name(self.path.name + "-wal")
+        for attempt in (uri, uri + "&immutable=1"):
+            try:
+                conn = sqlite3.connect(
+                    attempt,
+                    uri=True,
+                    timeout=self.config.busy_timeout_ms / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as exc:
+                raise CatalogError(f"cannot open the catalogue {self.path} ({reason}): {exc}") from exc
+            try:
+                self._settings(conn)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                pending = wal.exists() and wal.stat().st_size > 0
+                if _read_only_error(exc) and attempt == uri and not pending:
+                    continue
+                hint = " and its -wal file holds changes not yet saved into it" if pending else ""
+                raise CatalogError(
+                    f"cannot read the catalogue {self.path}: {reason}{hint} ({exc}); "
+                    "open it once where it can be written, or copy the folder somewhere writable"
+                ) from exc
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise CatalogError(f"{self.path} is not a catalogue database: {exc}") from exc
+            self.read_only_reason = reason
+            return conn
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         with self._lock:
@@ -277,19 +425,69 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE``: take the write lock up front so concurrent writers wait, not fail."""
+        """``BEGIN IMMEDIATE``: take the write lock up front so concurrent writers wait, not fail.
+
+        All or nothing: on any error the transaction is rolled back (once: sqlite may already have done it,
+        e.g. on a full disk) and a database error becomes one ``CatalogError`` that says what happened.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if self.read_only:
+                raise ReadOnlyCatalogError(self._read_only_message())
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self.database_error(exc) from exc
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
                 self._conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise self.database_error(exc) from exc
+                raise
             finally:
                 self._writes += 1
                 self._cache.clear()
+
+    def _rollback(self) -> None:
+        if not self._conn.in_transaction:  # sqlite rolled it back itself (a full disk, an I/O error)
+            return
+        # the transaction is gone either way; the first error is the one to report
+        with suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+
+    def _read_only_message(self) -> str:
+        return (
+            f"the catalogue {self.path} is read-only ({self.read_only_reason or 'sqlite refused to write it'}): "
+            "nothing was changed; identifying and browsing work, but adding or changing needs a writable copy "
+            "(copy it to a folder you can write to and pass --db, or set WHALE_ID_HOME)"
+        )
+
+    def database_error(self, exc: sqlite3.Error, writing: bool = True) -> CatalogError:
+        """One readable ``CatalogError`` for what sqlite raised (a full disk, a read-only file, a lock held
+        too long)."""
+        name = str(getattr(exc, "sqlite_errorname", "") or "")
+        text = str(exc)
+        outcome = "nothing was written and the catalogue is as it was" if writing else "nothing was changed"
+        if name.startswith("SQLITE_FULL") or "disk is full" in text:
+            return CatalogError(
+                f"the disk holding {self.path} is full (or the catalogue reached its size limit): {outcome}; "
+                "free some space and try again"
+            )
+        if name.startswith("SQLITE_READONLY") or "readonly" in text:
+            if not self.read_only_reason:
+                self.read_only_reason = f"sqlite could not write it: {text}"
+            return ReadOnlyCatalogError(self._read_only_message())
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+            return CatalogError(
+                f"the catalogue {self.path} is busy: another program held it for more than "
+                f"{self.config.busy_timeout_ms / 1000:.0f} s; {outcome}; try again"
+            )
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text:
+            return CatalogError(f"the catalogue {self.path} is damaged ({text}); {outcome}")
+        if name.startswith("SQLITE_IOERR") or "disk I/O" in text:
+            return CatalogError(f"a disk error while using the catalogue {self.path} ({text}); {outcome}")
+        return CatalogError(f"the catalogue {self.path} failed ({text}); {outcome}")
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -305,22 +503,45 @@ class Catalog:
                 self._conn.execute("COMMIT")
 
     def _migrate(self) -> None:
+        """Check the file is a catalogue made by this program (before anything in it can run), then upgrade it."""
         with self._lock:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise CatalogError(
                     f"{self.path} has schema version {version}; this program knows up to {SCHEMA_VERSION}: update it"
                 )
-            if version == SCHEMA_VERSION:
-                return
             if version == 0 and self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise CatalogError(f"{self.path} is another program's SQLite database, not a catalogue")
+            if version:
+                self._check_schema(version)
+            if version == SCHEMA_VERSION:
+                return
+            if self.read_only:
+                raise ReadOnlyCatalogError(
+                    f"the catalogue {self.path} needs "
+                    + ("creating" if version == 0 else f"upgrading from schema version {version}")
+                    + f" but is read-only ({self.read_only_reason})"
+                )
             with self.transaction() as conn:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     MIGRATIONS[step](conn)
                     conn.execute("INSERT INTO schema_version VALUES (?, ?)", (step, now()))
                     conn.execute(f"PRAGMA user_version = {step}")
+            self._check_schema(SCHEMA_VERSION)
+
+    def _check_schema(self, version: int) -> None:
+        """Refuse a file whose tables, indexes, triggers or views are not exactly what ``version`` creates:
+        a trigger would run on our next write, a view or a changed table would feed us other data."""
+        problems = schema_problems(self._conn, version)
+        if problems:
+            more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+            raise CatalogError(
+                f"{self.path} is not a catalogue database made by this program: it has "
+                + "; ".join(problems[:4])
+                + more
+                + ". It was refused without running or changing anything in it."
+            )
 
     @property
     def schema_version(self) -> int:
@@ -334,9 +555,12 @@ class Catalog:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            cursor = self._conn.execute(sql, params)
-            cursor.row_factory = sqlite3.Row
-            return cursor.fetchall()
+            try:
+                cursor = self._conn.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                return cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise self.database_error(exc, writing=self._conn.in_transaction) from exc
 
     @staticmethod
     def audit(conn: sqlite3.Connection, action: str, individual_id: str, details: dict[str, Any], actor: str) -> None:
@@ -683,6 +907,7 @@ class Catalog:
             "bundled_images": len(self.base) if self.base is not None else 0,
             "schema_version": self.schema_version,
             "path": str(self.path),
+            "read_only": self.read_only,
         }
 
     def individuals(self, include_bundled: bool = True) -> pd.DataFrame:
