@@ -1,9 +1,11 @@
-"""Hostile or broken catalogue files: foreign databases, read-only folders, a full disk. Each case
-must give one typed, readable error and leave the catalogue as it was.
+"""Hostile or broken catalogue files: tampered exports, ZIP bombs, foreign databases, read-only
+folders, a full disk. Each case must give one typed, readable error and leave the catalogue as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -11,16 +13,328 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import tracemalloc
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_catalog import DIM, FakeEmbedder, base_gallery, photo, record, snapshot
+from test_catalog import DIM, FakeEmbedder, base_gallery, make_zip, photo, record, snapshot
 
-from whales_identify.catalog.enrol import enrol_photo
+from whales_identify.catalog.enrol import enrol_photo, enrol_zip
+from whales_identify.catalog.exchange import CatalogImportError, export_catalog, import_catalog
 from whales_identify.catalog.store import Catalog, CatalogError
+from whales_identify.errors import WhaleIdError
 
 TESTS_DATA = Path(__file__).parent / "data"
+
+
+def files_of(path: Path) -> dict[str, bytes]:
+    """The database and its WAL, byte for byte (what 'untouched' means)."""
+    return {p.name: p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")) if not p.name.endswith("-shm")}
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Catalog:
+    """A catalogue with a base and 6 user photos of 3 individuals, to export."""
+    cat = Catalog(tmp_path / "source.sqlite3", base_gallery(), actor="src")
+    enrol_zip(
+        cat,
+        FakeEmbedder(),
+        make_zip(tmp_path / "s.zip", {f"W{i % 3}/{i}.jpg": photo(i) for i in range(6)}),
+        species="beluga",
+    )
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Catalog:
+    cat = Catalog(tmp_path / "target.sqlite3", base_gallery(), actor="dst")
+    enrol_photo(cat, FakeEmbedder(), photo(100), "T1", "fin_whale", new=True)
+    yield cat
+    cat.close()
+
+
+def tamper(export: Path, out: Path, change: Callable[[dict[str, bytes]], None]) -> Path:
+    """Rewrite an export's members with ``change`` and re-sign the manifest's checksums (they are not a
+    signature: anyone can recompute them), as an attacker would."""
+    with zipfile.ZipFile(export) as src:
+        members = {i.filename: src.read(i) for i in src.infolist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    change(members)
+    manifest["checksums"] = {n: hashlib.sha256(d).hexdigest() for n, d in sorted(members.items())}
+    if "manifest_patch" in members:
+        manifest.update(json.loads(members.pop("manifest_patch")))
+        manifest["checksums"] = {n: hashlib.sha256(d).hexdigest() for n, d in sorted(members.items())}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        dst.writestr("manifest.json", json.dumps(manifest))
+        for name, data in members.items():
+            dst.writestr(name, data)
+    return out
+
+
+def npy(matrix: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, matrix, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False).copy()
+
+
+def csv_rows(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
+    import csv
+
+    reader = csv.DictReader(io.StringIO(data.decode()))
+    return list(reader.fieldnames or []), list(reader)
+
+
+def csv_data(columns: list[str], rows: list[dict[str, str]]) -> bytes:
+    import csv
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def edit_table(name: str, edit: Callable[[list[dict[str, str]]], None]) -> Callable[[dict[str, bytes]], None]:
+    def change(members: dict[str, bytes]) -> None:
+        columns, rows = csv_rows(members[name])
+        edit(rows)
+        members[name] = csv_data(columns, rows)
+
+    return change
+
+
+def refused(target: Catalog, bad: Path, match: str) -> CatalogImportError:
+    before_rows, before_files = snapshot(target.path), files_of(target.path)
+    with pytest.raises(CatalogImportError, match=match) as info:
+        import_catalog(target, bad)
+    assert isinstance(info.value, WhaleIdError)
+    assert "nothing imported" in str(info.value)
+    assert snapshot(target.path) == before_rows
+    assert files_of(target.path) == before_files  # not a byte written
+    return info.value
+
+
+# --- 1. the rows of an import are validated ---------------------------------------------------------------------
+def test_import_of_a_norm_100_embedding_along_the_mean_direction_is_refused(
+    source: Catalog, target: Catalog, tmp_path: Path
+) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    mean = target.gallery().embeddings.mean(axis=0)
+    poison = (100 * mean / np.linalg.norm(mean)).astype(np.float32)
+
+    def change(members: dict[str, bytes]) -> None:
+        matrix = load_npy(members["embeddings/0.npy"])
+        matrix[2] = poison
+        members["embeddings/0.npy"] = npy(matrix)
+
+    bad = tamper(tmp_path / "e.zip", tmp_path / "bad.zip", change)
+    error = refused(target, bad, r"images\.csv line 4 \(image 3\).*norm 100")
+    assert "embeddings/0.npy" in str(error)
+
+
+def test_the_norm_100_attack_would_answer_every_query(source: Catalog) -> None:
+    """Why it matters (the check above is what stops it): stored directly, the poisoned row wins every query."""
+    mean = source.gallery().embeddings.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    with source.transaction() as conn:
+        conn.execute("UPDATE images SET embedding = ? WHERE id = 3", ((100 * mean).astype(np.float32).tobytes(),))
+    victim = source.query("SELECT individual_id FROM images WHERE id = 3")[0][0]
+    poisoned = source.gallery()
+    queries = np.random.default_rng(9).standard_normal((50, DIM)).astype(np.float32) + 3 * mean
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    winners = {str(poisoned.individual_ids[int(np.argmax(poisoned.embeddings @ q))]) for q in queries}
+    assert winners == {victim}
+
+
+@pytest.mark.parametrize(
+    ("label", "change", "match"),
+    [
+        ("wrong dimension", lambda m: m.update({"embeddings/0.npy": npy(np.ones((6, 16), np.float32) / 4)}), "16-d"),
+        (
+            "not finite",
+            lambda m: m.update(
+                {
+                    "embeddings/0.npy": npy(
+                        np.where(np.arange(DIM) == 0, np.nan, load_npy(m["embeddings/0.npy"])).astype(np.float32)
+                    )
+                }
+            ),
+            "not finite",
+        ),
+        (
+            "not unit norm",
+            lambda m: m.update({"embeddings/0.npy": npy(load_npy(m["embeddings/0.npy"]) * 1.01)}),
+            "norm",
+        ),
+        (
+            "float64",
+            lambda m: m.update({"embeddings/0.npy": npy(load_npy(m["embeddings/0.npy"]).astype(np.float64))}),
+            "float32",
+        ),
+        ("latitude", edit_table("images.csv", lambda rows: rows[1].update(latitude="91")), r"line 3 .*latitude"),
+        ("longitude", edit_table("images.csv", lambda rows: rows[0].update(longitude="-180.5")), r"line 2 .*longitude"),
+        ("nan latitude", edit_table("images.csv", lambda rows: rows[0].update(latitude="nan")), "latitude"),
+        ("image id", edit_table("images.csv", lambda rows: rows[0].update(id="1.5")), r"line 2.*image id"),
+        ("embedding row", edit_table("images.csv", lambda rows: rows[0].update(embedding_row="99")), "embedding_row"),
+        (
+            "model version",
+            edit_table("images.csv", lambda rows: rows[0].update(model_version="x\x00y")),
+            "model version",
+        ),
+        ("sha256", edit_table("images.csv", lambda rows: rows[0].update(sha256="zz")), "sha256"),
+        (
+            "bad id",
+            edit_table("individuals.csv", lambda rows: rows[0].update(id="![x](http://e.x/a.png)")),
+            r"individuals\.csv line 2.*individual id",
+        ),
+        ("formula id", edit_table("individuals.csv", lambda rows: rows[0].update(id="=1+1")), "individual id"),
+        ("bad species", edit_table("individuals.csv", lambda rows: rows[0].update(species="Killer Whale!")), "species"),
+        (
+            "thumbnail",
+            lambda m: m.update({"thumbnails/1.jpg": b"not an image at all"}),
+            r"thumbnails/1\.jpg.*(image|photo)",
+        ),
+        ("crop", lambda m: m.update({"crops/2.jpg": photo(1)[:200]}), r"crops/2\.jpg"),
+        ("counts", lambda m: m.update({"manifest_patch": b'{"counts": "many"}'}), "counts"),
+        (
+            "model versions",
+            lambda m: m.update({"manifest_patch": b'{"model_versions": {"embeddings/0.npy": 7}}'}),
+            "model version",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 20 else "",
+)
+def test_tampered_rows_refuse_the_whole_import(
+    source: Catalog, target: Catalog, tmp_path: Path, label: str, change: Callable, match: str
+) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    refused(target, tamper(tmp_path / "e.zip", tmp_path / "bad.zip", change), match)
+
+
+def test_an_intact_export_still_imports(source: Catalog, target: Catalog, tmp_path: Path) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    same = tamper(tmp_path / "e.zip", tmp_path / "same.zip", lambda m: None)
+    summary = import_catalog(target, same)
+    assert (summary.individuals_created, summary.images_added) == (3, 6)
+
+
+# --- 2. ZIP bombs and lying directories -----------------------------------------------------------------------------
+def _with_big_member(export: Path, out: Path, name: str, size: int) -> Path:
+    """The export plus a real, listed member of ``size`` zero bytes (it compresses about 1000:1)."""
+    with zipfile.ZipFile(export) as src:
+        members = {i.filename: src.read(i) for i in src.infolist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    digest = hashlib.sha256()
+    chunk = bytes(1024 * 1024)
+    for _ in range(size // len(chunk)):
+        digest.update(chunk)
+    manifest["checksums"][name] = digest.hexdigest()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        dst.writestr("manifest.json", json.dumps(manifest))
+        for member, data in members.items():
+            if member != name:
+                dst.writestr(member, data)
+        with dst.open(name, "w") as handle:
+            for _ in range(size // len(chunk)):
+                handle.write(chunk)
+    return out
+
+
+def _peak_mb(call: Callable[[], object]) -> float:
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak / 1e6
+
+
+@pytest.mark.parametrize(("size_mb", "match"), [(160, "limit"), (4, "fold")], ids=["over_the_cap", "ratio"])
+def test_a_real_high_ratio_member_is_refused_before_it_is_read(
+    source: Catalog, target: Catalog, tmp_path: Path, size_mb: int, match: str
+) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    bomb = _with_big_member(tmp_path / "e.zip", tmp_path / "bomb.zip", "crops/1.jpg", size_mb * 1024 * 1024)
+    assert bomb.stat().st_size < 2_000_000  # 160 MB inside a small file
+
+    def attempt() -> None:
+        refused(target, bomb, rf"crops/1\.jpg.*{match}")
+
+    assert _peak_mb(attempt) < 20  # the member was never held in memory
+
+
+def test_many_small_members_that_compress_too_well_are_refused(
+    source: Catalog, target: Catalog, tmp_path: Path
+) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    with (
+        zipfile.ZipFile(tmp_path / "e.zip") as src,
+        zipfile.ZipFile(tmp_path / "b.zip", "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        for i in range(12):  # each exactly 1 MiB (not judged alone), together 12 MiB at about 1000:1
+            dst.writestr(f"crops/{100 + i}.jpg", bytes(1024 * 1024))
+    refused(target, tmp_path / "b.zip", "suspiciously well")
+
+
+def test_a_listed_1_5_gb_member_is_refused_from_the_directory(source: Catalog, target: Catalog, tmp_path: Path) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    data = bytearray((tmp_path / "e.zip").read_bytes())
+    # the central directory entry of embeddings/0.npy claims 1.5 GB (its local data is unchanged)
+    name = b"embeddings/0.npy"
+    at = data.rindex(b"PK\x01\x02", 0, data.rindex(name))
+    data[at + 24 : at + 28] = (1_500_000_000).to_bytes(4, "little")
+    liar = tmp_path / "liar.zip"
+    liar.write_bytes(bytes(data))
+    with zipfile.ZipFile(liar) as check:
+        assert check.getinfo("embeddings/0.npy").file_size == 1_500_000_000
+
+    def attempt() -> None:
+        refused(target, liar, r"embeddings/0\.npy.*(limit|large)")
+
+    assert _peak_mb(attempt) < 20
+
+
+def test_a_member_larger_than_its_directory_says_is_never_read_past_the_claim(
+    source: Catalog, target: Catalog, tmp_path: Path
+) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    bomb = _with_big_member(tmp_path / "e.zip", tmp_path / "bomb.zip", "crops/1.jpg", 64 * 1024 * 1024)
+    data = bytearray(bomb.read_bytes())
+    name = b"crops/1.jpg"
+    at = data.rindex(b"PK\x01\x02", 0, data.rindex(name))
+    data[at + 24 : at + 28] = (1000).to_bytes(4, "little")  # the directory says 1 kB: small, ratio low
+    liar = tmp_path / "liar.zip"
+    liar.write_bytes(bytes(data))
+
+    def attempt() -> None:
+        refused(target, liar, r"crops/1\.jpg")
+
+    assert _peak_mb(attempt) < 20
+
+
+def test_too_many_members_and_duplicate_names_are_refused(source: Catalog, target: Catalog, tmp_path: Path) -> None:
+    from whales_identify.config import ExchangeLimits
+
+    export_catalog(source, tmp_path / "e.zip")
+    with pytest.raises(CatalogImportError, match="files"):
+        import_catalog(target, tmp_path / "e.zip", limits=ExchangeLimits(max_members=5))
+    with zipfile.ZipFile(tmp_path / "e.zip") as src, zipfile.ZipFile(tmp_path / "dup.zip", "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        with pytest.warns(UserWarning):
+            dst.writestr("crops/1.jpg", photo(55))
+    refused(target, tmp_path / "dup.zip", "twice")
 
 
 # --- 3. databases that are not ours ---------------------------------------------------------------------------------

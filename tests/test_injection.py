@@ -276,3 +276,26 @@ def test_a_csv_with_nul_bytes_is_refused(tmp_path: Path) -> None:
     data = b"image,individual_id,species\na.jpg,W\x001,beluga\n"
     with Catalog(tmp_path / "c.sqlite3", base_gallery(), actor="t") as cat, pytest.raises(WhaleIdError, match="NUL"):
         enrol_zip(cat, FakeEmbedder(), _zip(tmp_path / "n.zip", {"labels.csv": data, "a.jpg": photo(1)}))
+
+
+def test_export_csvs_are_neutralised_and_round_trip_exactly(tmp_path: Path) -> None:
+    from whales_identify.catalog.exchange import export_catalog, import_catalog
+
+    hostile = ['=HYPERLINK("http://evil.example","x")', "'quoted", "''", "-1", "@x", "+"]
+    with Catalog(tmp_path / "a.sqlite3", base_gallery(), actor="t") as cat:
+        enrol_photo(cat, FakeEmbedder(), photo(1), "W1", "beluga", "=cmd|' /C calc'!A0.jpg", new=True)
+        enrol_photo(cat, FakeEmbedder(), photo(2), "W2", "beluga", "-2.jpg", new=True)
+        cat.rename("W1", name=hostile[0], notes="\n".join(hostile))
+        cat.rename("W2", name="'quoted", notes="-1")
+        export_catalog(cat, tmp_path / "e.zip")
+        with zipfile.ZipFile(tmp_path / "e.zip") as archive:
+            for table in ("individuals.csv", "images.csv", "audit_log.csv"):
+                for row in csv.reader(io.StringIO(archive.read(table).decode())):
+                    for cell in row:
+                        assert _harmless(cell)
+        with Catalog(tmp_path / "b.sqlite3", base_gallery(), actor="t") as copy:
+            import_catalog(copy, tmp_path / "e.zip")
+            for table, order in (("individuals", "id"), ("images", "id")):
+                assert copy.query(f"SELECT * FROM {table} ORDER BY {order}") == cat.query(
+                    f"SELECT * FROM {table} ORDER BY {order}"
+                )

@@ -205,6 +205,23 @@ class CatalogConfig:
     max_csv_bytes: int = 16 * 1024 * 1024  # an enrolment or export CSV larger than this is refused
 
 
+@dataclass(frozen=True)
+class ExchangeLimits:
+    """What a catalogue export may hold before it is imported: checked on the ZIP's directory first,
+    then again while each member is streamed (never more than its declared size is read)."""
+
+    max_members: int = 600_000  # two photos a row: about 300,000 catalogue photos
+    max_manifest_bytes: int = 64 * 1024 * 1024  # one checksum per member
+    max_table_bytes: int = 64 * 1024 * 1024  # individuals.csv, images.csv, audit_log.csv, each
+    max_embeddings_bytes: int = 1024**3  # each embeddings/<n>.npy (300,000 × 512 float32 is 600 MB)
+    max_image_bytes: int = 8 * 1024 * 1024  # each thumbnail or crop (a stored crop is about 50 kB)
+    max_image_side: int = 4096  # px; stored crops are 384 px, thumbnails 128 (re-embedding decodes crops whole)
+    max_compression_ratio: float = 200.0  # each member over 1 MiB, and the whole export
+    max_text_chars: int = 10_000  # any one text cell (notes, tags, a file name)
+    norm_tolerance: float = 1e-3  # an embedding is unit length: |‖e‖ − 1| ≤ this
+    # The total uncompressed size is CatalogConfig.max_import_bytes.
+
+
 # Individual ids: ASCII letters and digits, with _ . : ( ) anywhere and - and space inside; 1–64 characters.
 # Every id of the bundled catalogue fits (hex, UUIDs, 'whale_53889', 'CRC-20448', 'unknown(not 1056)').
 # Not allowed: a leading '-' or space (with '=', '+', '@' outside the alphabet, no id can start a spreadsheet
