@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -193,34 +195,37 @@ def test_heic_is_explained_not_called_garbage(brand: bytes) -> None:
     assert "JPEG" in str(info.value)
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP", "GIF"])
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP", "GIF", "BMP"])
 def test_large_images_without_a_reduced_decode_are_refused_before_reading(fmt: str) -> None:
     data = _encode(Image.new("RGB", (1200, 900), (10, 80, 120)), fmt)
-    limits = ImageLimits(max_full_decode_pixels=1_000_000)
-    with pytest.raises(InvalidImageError, match="only JPEG can be reduced"):
+    limits = ImageLimits(max_decode_bytes=28 * 1024 * 1024)  # the fixed overhead (24 MiB) + ~1 MP
+    with pytest.raises(InvalidImageError, match=r"would take about .* MB of memory"):
         decode_image(data, limits)
-    assert decode_image(data).size == (1200, 900)  # under the default limit it decodes
+    assert decode_image(data).size == (1200, 900)  # under the default bound it decodes
 
 
 _RSS_SCRIPT = r"""
-import resource, sys
+import sys
 from whales_identify.errors import InvalidImageError
 from whales_identify.inputs.imaging import decode_image
+
+def peak_mb():  # VmHWM: a child started by pytest inherits its parent's ru_maxrss, not this
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) // 1024
+
 data = open(sys.argv[1], "rb").read()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_mb()
 try:
     image = decode_image(data)
     outcome = "decoded %dx%d" % image.size
 except InvalidImageError as exc:
     outcome = "refused: %s" % exc
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) // 1024, outcome)
+print(peak_mb() - before, outcome)
 """
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_a_100_megapixel_photo_costs_bounded_memory(tmp_path, fmt: str) -> None:
-    """Peak RSS growth of the decode, measured in a fresh process: a full RGB decode would take 300 MB."""
+    """Peak RSS growth of the decode, measured in a fresh process: a full RGB decode would take 400 MB."""
     import subprocess
     import sys
 
@@ -240,7 +245,7 @@ def test_a_100_megapixel_photo_costs_bounded_memory(tmp_path, fmt: str) -> None:
     if fmt == "JPEG":
         assert outcome.startswith("decoded") and max(map(int, outcome.split()[1].split("x"))) <= 1280
     else:
-        assert "only JPEG can be reduced" in outcome
+        assert "MB of memory" in outcome  # 100 MP × 4 bytes: over the bound, refused from the header
     assert growth_mb < 80, f"{fmt}: peak RSS grew {growth_mb} MB ({outcome})"
 
 
@@ -365,3 +370,106 @@ def test_a_long_thin_strip_is_refused_after_reduction() -> None:
     """Found by tests/test_fuzz.py: 4000×40 passed the size check, then became 1280×12 once reduced."""
     with pytest.raises(InvalidImageError, match="once reduced"):
         decode_image(_encode(Image.new("RGB", (4000, 40), (0, 90, 150)), "PNG"))
+
+
+# --- the total a ZIP may expand to, overlapping members, repeated names --------------------------------------------
+def _hand_built_zip(entries: list[tuple[str, bytes, int, int]], local: list[tuple[str, bytes, int, int]] | None = None):
+    """A deflate ZIP written by hand from already-compressed members: (name, deflated, crc, size) each.
+
+    ``local``: the members actually stored; ``entries`` (the central directory) then all point at the
+    first stored one: members that overlap, each claiming the same compressed bytes.
+    """
+    stored = entries if local is None else local
+    body, offsets = bytearray(), []
+    for name, deflated, crc, size in stored:
+        offsets.append(len(body))
+        raw = name.encode()
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, len(deflated), size, len(raw), 0)
+        body += raw + deflated
+    directory = bytearray()
+    for i, (name, deflated, crc, size) in enumerate(entries):
+        raw = name.encode()
+        offset = offsets[i] if local is None else offsets[0]
+        directory += struct.pack(
+            "<4s6H3L5H2L",
+            b"PK\x01\x02",
+            20,
+            20,
+            0,
+            8,
+            0,
+            0x21,
+            crc,
+            len(deflated),
+            size,
+            len(raw),
+            0,
+            0,
+            0,
+            0,
+            0,
+            offset,
+        )
+        directory += raw
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), len(body), 0)
+    return io.BytesIO(bytes(body + directory + end))
+
+
+def _padded_mebibyte() -> tuple[bytes, int, int]:
+    """1 MiB of zeros with random bytes in it, so that it compresses at just under 200 : 1."""
+    payload = bytes(1024 * 1024 - 3800) + np.random.default_rng(1).bytes(3800)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = compressor.compress(payload) + compressor.flush()
+    assert 190 < len(payload) / len(deflated) < 200  # under both ratio checks
+    return deflated, zlib.crc32(payload), len(payload)
+
+
+def test_4000_members_of_one_mib_padded_with_random_bytes_are_refused_by_the_total() -> None:
+    """21 MB that would expand to 4.2 GB: every member passes the ratio checks, only the total catches it."""
+    deflated, crc, size = _padded_mebibyte()
+    archive = _hand_built_zip([(f"trip/{i:04d}.jpg", deflated, crc, size) for i in range(4000)])
+    assert ArchiveLimits().max_total_uncompressed <= 2 * 1024**3
+    with pytest.raises(InvalidArchiveError, match=r"expands to 4\.2 GB; the limit is 2\.1 GB"):
+        list(iter_zip(archive))
+
+
+def test_members_overlapping_one_compressed_block_are_refused_by_the_real_size() -> None:
+    """The 'better ZIP bomb': 2,000 directory entries share one 5 kB block; the claimed compressed sizes
+    add up to 10 MB (under 200 : 1), the ZIP itself holds 110 kB."""
+    deflated, crc, size = _padded_mebibyte()
+    block = [("a.jpg", deflated, crc, size)]
+    archive = _hand_built_zip(block * 2000, local=block)
+    assert len(archive.getvalue()) < 200_000
+    with pytest.raises(InvalidArchiveError, match="suspiciously well"):
+        list(iter_zip(archive))
+
+
+def test_the_bytes_actually_read_are_counted_against_the_total(monkeypatch) -> None:
+    """A directory that understates the members (here: a reader that yields more than it says) still
+    stops at the total limit: the rest are skipped with the reason."""
+    from whales_identify.inputs import archive as archive_module
+
+    monkeypatch.setattr(
+        archive_module,
+        "read_zip_member",
+        lambda archive, info, limits, name, member: archive_module.ArchiveEntry(name, b"x" * 1000, "", member),
+    )
+    source = _zip({f"{i}.jpg": b"tiny" for i in range(6)})
+    entries = list(iter_zip(source, ArchiveLimits(max_total_uncompressed=2500)))
+    assert [e.ok for e in entries] == [True, True, False, False, False, False]
+    assert all("limit of 2.5 kB in total" in e.skipped for e in entries[2:])
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_a_name_repeated_in_a_zip_gives_each_member_its_own_row() -> None:
+    first, second = _encode(_photo(), "JPEG"), _encode(_photo((48, 64)), "JPEG")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("trip/a.jpg", first)
+        archive.writestr("trip/b.jpg", first)
+        archive.writestr("trip/a.jpg", second)
+    buffer.seek(0)
+    entries = list(iter_zip(buffer))
+    named = [(e.name, e.member) for e in entries]
+    assert named == [("trip/a.jpg", 0), ("trip/b.jpg", 1), ("trip/a [member 2].jpg", 2)]
+    assert entries[0].data == first and entries[2].data == second

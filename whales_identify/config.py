@@ -168,9 +168,13 @@ class ImageLimits:
 
     max_file_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 120_000_000  # beyond this Pillow treats the file as a bomb
-    # Formats other than JPEG cannot be reduced while decoding: above this they are refused
-    # before any pixel is read (a 60 MP RGB PNG would take 180 MB for the pixels alone).
-    max_full_decode_pixels: int = 60_000_000
+    # Memory one decode may take (peak RSS growth, measured: docs/RELIABILITY.md). Worked out from the
+    # header for every format (decoded pixels × bytes per pixel of the decoded mode, plus the codec's own
+    # buffers) and refused above it before any pixel is read. A JPEG is reduced while decoding, so a
+    # baseline JPEG of any size up to ``max_pixels`` costs under 60 MB; 256 MiB still takes a 48 MP
+    # progressive JPEG, a 50 MP RGB (120 MP palette or greyscale) PNG, TIFF up to 27 MP in one strip and
+    # a 12 MP WebP (libwebp holds four copies).
+    max_decode_bytes: int = 256 * 1024 * 1024
     decode_long_side: int = 1280  # images are reduced to this while decoding
     min_side: int = 16
 
@@ -180,7 +184,10 @@ class ArchiveLimits:
     """Limits checked on a ZIP's directory before anything is extracted."""
 
     max_members: int = 5_000
-    max_total_uncompressed: int = 4 * 1024**3
+    # All members together, from the directory and again as bytes are read (a directory can lie). 2 GiB is
+    # 5,000 photos of 400 kB, or 200 of 10 MB; 4,000 members of 1 MiB padded with random bytes (which pass
+    # the ratio checks) are refused.
+    max_total_uncompressed: int = 2 * 1024**3
     max_member_uncompressed: int = 60 * 1024 * 1024
     max_compression_ratio: float = 200.0
     image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES

@@ -33,6 +33,7 @@ from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import (
     LIMITS,
     ArchiveEntry,
+    ReadBudget,
     check_zip,
     folder_skip_reason,
     list_folder,
@@ -40,6 +41,7 @@ from whales_identify.inputs.archive import (
     open_zip,
     read_folder_file,
     read_zip_member,
+    zip_entry_names,
     zip_skip_reason,
 )
 
@@ -92,8 +94,8 @@ def plan_work(source: str | Path, limits: ArchiveLimits = LIMITS) -> WorkPlan:
         return plan
     plan = WorkPlan(str(path), "zip")
     with open_zip(path) as archive:
-        for index, info, reason in list_zip(archive, limits):
-            _plan_one(plan, info.filename, index, reason)
+        for index, _, name, reason in list_zip(archive, limits):
+            _plan_one(plan, name, index, reason)
     return plan
 
 
@@ -113,9 +115,13 @@ class SourceReader:
         self.limits = limits
         self._archive: zipfile.ZipFile | None = None
         self._members: list[zipfile.ZipInfo] = []
+        self._names: list[str] = []
+        # What this worker has read of the ZIP, against the archive's total limit (a directory can lie).
+        self._budget = ReadBudget(limits)
         if kind == "zip":
             self._archive = open_zip(self.root)
             self._members = check_zip(self._archive, limits)
+            self._names = zip_entry_names(self._members)
 
     def read(self, name: str, member: int) -> ArchiveEntry:
         if self._archive is None:
@@ -125,11 +131,13 @@ class SourceReader:
             except OSError as exc:
                 return ArchiveEntry(name, None, f"cannot be read ({exc.strerror or exc})")
             return ArchiveEntry(name, None, reason) if reason else read_folder_file(path, name, self.limits)
-        if not 0 <= member < len(self._members) or self._members[member].filename != name:
-            return ArchiveEntry(name, None, "the ZIP changed after it was listed; skipped")
+        if not 0 <= member < len(self._members) or self._names[member] != name:
+            return ArchiveEntry(name, None, "the ZIP changed after it was listed; skipped", member)
         info = self._members[member]
-        reason = zip_skip_reason(info, self.limits)
-        return ArchiveEntry(name, None, reason) if reason else read_zip_member(self._archive, info, self.limits)
+        reason = zip_skip_reason(info, self.limits) or (self._budget.reason() if self._budget.spent else None)
+        if reason:
+            return ArchiveEntry(name, None, reason, member)
+        return self._budget.take(read_zip_member(self._archive, info, self.limits, name, member))
 
 
 class IdentifyActor:

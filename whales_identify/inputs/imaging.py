@@ -1,45 +1,63 @@
 """Safe photo decoding: any bytes in, an RGB image or an InvalidImageError out.
 
-Large photos are reduced while decoding (JPEG draft mode) so a 100-megapixel
-JPEG costs little memory; formats without a reduced decode (PNG, TIFF, WebP, …)
-are refused above ``ImageLimits.max_full_decode_pixels`` before any pixel is
-read; EXIF orientation is applied before anything looks at the pixels;
-Pillow's decompression-bomb limit is set on purpose. Whatever the bytes, only
-``InvalidImageError`` comes out.
+Decoding memory is bounded by ``ImageLimits.max_decode_bytes`` for every format: the cost of a
+decode (decoded pixels × bytes per pixel of the decoded mode, plus what the codec itself keeps:
+libjpeg's coefficient buffer for progressive JPEGs, libtiff's strip buffer, libwebp's canvases)
+is worked out from the header and a photo over the bound is refused before any pixel is read.
+JPEGs are reduced while decoding (draft mode); other formats are decoded at full size in their
+own mode (1 byte a pixel for palette and greyscale) and converted to RGB tile by tile while they
+are reduced, so no second full-size copy is ever made. EXIF orientation is applied; Pillow's
+decompression-bomb limit is set on purpose. Whatever the bytes, only ``InvalidImageError`` comes out.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from whales_identify.config import ImageLimits
 from whales_identify.errors import InvalidImageError
+from whales_identify.inputs.archive import not_regular_reason, open_regular_file
 
 LIMITS = ImageLimits()
 Image.MAX_IMAGE_PIXELS = LIMITS.max_pixels
+# PNG text chunks are kept in memory (64 MB by default): a photo needs none of them.
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
+
+# The only formats opened (a JPEG with extra pictures, as some cameras save, opens as "MPO"). Anything
+# else Pillow knows (PSD, EPS, ICO, TGA, …) is refused as "not an image file".
+FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+MIB = 1024 * 1024
+# Bytes a decode costs besides the pixels: codec libraries, the tile being converted, Python objects.
+DECODE_OVERHEAD_BYTES = 24 * MIB
+# Pixels of a full-size image converted to RGB at a time (a tile), while it is reduced.
+_TILE_SIDE = 1024
+# Pillow keeps 1, L and P at one byte a pixel, 16-bit greyscale at two, everything else at four.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# libwebp's animation decoder (which Pillow uses for every WebP) keeps two RGBA canvases, Pillow
+# copies the frame out as bytes, then into the image: four RGBA copies of the picture.
+_WEBP_BYTES_PER_PIXEL = 16
 
 
 def read_bytes(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> bytes:
-    """Bytes of a path or the bytes themselves, with the size limit checked first."""
+    """Bytes of a path or the bytes themselves, with the size limit checked first.
+
+    Only regular files are read: a FIFO, device or socket would block or never end, and a folder is not
+    a photo. The file is opened without blocking and checked on the open descriptor (no race with a swap).
+    """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise InvalidImageError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
-        if size > limits.max_file_bytes:
-            raise InvalidImageError(
-                f"{path.name} is {size / 1e6:.0f} MB; the limit is {limits.max_file_bytes / 1e6:.0f} MB"
-            )
-        data = path.read_bytes()
+        data = _read_regular_file(Path(source), limits)
     if not data:
         raise InvalidImageError("the file is empty (0 bytes)")
     if len(data) > limits.max_file_bytes:
@@ -47,6 +65,24 @@ def read_bytes(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> byte
             f"the file is {len(data) / 1e6:.0f} MB; the limit is {limits.max_file_bytes / 1e6:.0f} MB"
         )
     return data
+
+
+def _read_regular_file(path: Path, limits: ImageLimits) -> bytes:
+    try:
+        reason = not_regular_reason(path.stat().st_mode)  # a photo named directly may be a link: followed
+        if reason is not None:  # (a folder cannot even be opened for reading)
+            raise InvalidImageError(f"{path.name}: {reason}")
+        with open_regular_file(path) as handle:  # never blocks, and checked again on the open file
+            size = os.fstat(handle.fileno()).st_size
+            if size > limits.max_file_bytes:
+                raise InvalidImageError(
+                    f"{path.name} is {size / 1e6:.0f} MB; the limit is {limits.max_file_bytes / 1e6:.0f} MB"
+                )
+            return handle.read(limits.max_file_bytes + 1)  # never more, even if the file grows meanwhile
+    except ValueError as exc:  # not a regular file (swapped since the check above)
+        raise InvalidImageError(f"{path.name}: {exc}") from exc
+    except OSError as exc:
+        raise InvalidImageError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
 
 
 # ISO base-media brands of HEIC/HEIF/AVIF photos (iPhones save HEIC by default).
@@ -59,14 +95,12 @@ def _is_heif(data: bytes) -> bool:
 
 def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS, long_side: int | None = None) -> Image.Image:
     """Decode to an upright RGB image whose long side is at most ``long_side``
-    (default ``limits.decode_long_side``); a JPEG is reduced while it is decoded."""
+    (default ``limits.decode_long_side``), in at most ``limits.max_decode_bytes`` of memory."""
     data = read_bytes(source, limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data))
-            if image.format == "PDF":
-                raise InvalidImageError("this is a PDF, not a photograph")
+            image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise InvalidImageError(
@@ -74,29 +108,22 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS, long_
                     f"the limit is {limits.max_pixels / 1e6:.0f} MP"
                 )
             long_side = _target_long_side(width, height, long_side, limits)
-            if image.format == "JPEG":
-                # The largest DCT reduction that keeps the long side at or above ``long_side``.
-                scale = long_side / max(width, height, 1)
-                image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
-            elif width * height > limits.max_full_decode_pixels:
-                # No reduced decode for this format: reading it would cost the full size in memory.
+            _check_reduced_size(width, height, long_side, limits)  # a long thin strip: refused before decoding
+            cost = decode_cost(image, data, long_side)  # for a JPEG this also sets the reduced decode
+            if cost > limits.max_decode_bytes:
                 raise InvalidImageError(
-                    f"the {image.format or 'image'} is {width}×{height} pixels ({width * height / 1e6:.0f} MP); "
-                    f"above {limits.max_full_decode_pixels / 1e6:.0f} MP only JPEG can be reduced while decoding "
-                    "— save it as a JPEG or make it smaller"
+                    f"the {image.format or 'image'} is {width}×{height} pixels ({width * height / 1e6:.0f} MP, "
+                    f"{image.mode}{', progressive' if _jpeg_multi_scan(image, data) else ''}); decoding it "
+                    f"would take about {cost / MIB:.0f} MB of memory, over the {limits.max_decode_bytes / MIB:.0f} MB "
+                    "limit — save it as a (baseline) JPEG, which is reduced while decoding, or make it smaller"
                 )
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)  # animated GIF/WebP: the first frame
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            upright = image.size
-            if max(image.size) > long_side:
-                image.thumbnail((long_side, long_side), Image.Resampling.BILINEAR)
-            if min(image.size) < limits.min_side:  # checked after the reduction: a long thin strip fails too
-                reduced = "" if image.size == upright else f", {image.width}×{image.height} once reduced"
+            image.load()  # an animated GIF/WebP/APNG or a multi-page TIFF: its first frame
+            orientation = _orientation(image)
+            image = _reduce_to_rgb(image, long_side)
+            image = _upright(image, orientation)
+            if min(image.size) < limits.min_side:  # (the header check above catches almost all of these)
                 raise InvalidImageError(
-                    f"the image is {upright[0]}×{upright[1]} pixels{reduced}; "
+                    f"the image is {width}×{height} pixels, {image.width}×{image.height} once reduced; "
                     f"at least {limits.min_side} px a side are needed"
                 )
     except InvalidImageError:
@@ -129,12 +156,208 @@ def _target_long_side(width: int, height: int, wanted: int | None, limits: Image
     return min(max(target, keeps_short_side), cap)
 
 
+def _reduced_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """The size ``thumbnail((long_side, long_side))`` gives."""
+    scale = min(1.0, long_side / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _check_reduced_size(width: int, height: int, long_side: int, limits: ImageLimits) -> None:
+    reduced = _reduced_size(width, height, long_side)
+    if min(reduced) >= limits.min_side:
+        return
+    once = "" if reduced == (width, height) else f", {reduced[0]}×{reduced[1]} once reduced"
+    raise InvalidImageError(
+        f"the image is {width}×{height} pixels{once}; at least {limits.min_side} px a side are needed"
+    )
+
+
+# --- what a decode costs, from the header ---------------------------------------------------------------
+def bytes_per_pixel(mode: str) -> int:
+    """Bytes Pillow stores per pixel of ``mode``."""
+    return _BYTES_PER_PIXEL.get(mode, 4)
+
+
+def decode_cost(image: Image.Image, data: bytes, long_side: int) -> int:
+    """Peak bytes ``decode_image`` needs for this opened (not loaded) image, from its header alone.
+
+    For a JPEG this sets the reduced decode (draft mode) first, so the size is the reduced one.
+    """
+    width, height = image.size  # full size
+    if image.format in ("JPEG", "MPO"):
+        scale = long_side / max(width, height, 1)
+        image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+    decoded_w, decoded_h = image.size
+    pixels = decoded_w * decoded_h
+    cost = pixels * bytes_per_pixel(image.mode)
+    if image.format in ("JPEG", "MPO"):
+        cost += _jpeg_coefficient_bytes(image, data, width, height)
+    elif image.format == "WEBP":
+        cost = pixels * _WEBP_BYTES_PER_PIXEL
+    elif image.format == "TIFF":
+        cost += _tiff_strip_bytes(image, data)
+    elif image.format == "BMP":
+        cost += 2 * pixels  # the RLE decoder (Python) gathers the pixels twice before the image holds them
+    if image.mode != "RGB":  # reduced tile by tile into an RGB canvas
+        factor = max(1, max(decoded_w, decoded_h) // max(long_side, 1))
+        cost += math.ceil(decoded_w / factor) * math.ceil(decoded_h / factor) * 4
+    reduced = _reduced_size(decoded_w, decoded_h, long_side)
+    return cost + reduced[0] * reduced[1] * 4 * 2 + DECODE_OVERHEAD_BYTES
+
+
+def _jpeg_multi_scan(image: Image.Image, data: bytes) -> bool:
+    """libjpeg buffers the whole picture's coefficients for a progressive JPEG, and for a sequential one
+    whose first scan lacks some colour components (several scans): draft mode does not help then."""
+    if image.format not in ("JPEG", "MPO"):
+        return False
+    if image.info.get("progressive") or image.info.get("progression"):
+        return True
+    components = len(getattr(image, "layer", []) or []) or 1
+    first_scan = _first_scan_components(data)
+    return first_scan is None or first_scan < components
+
+
+def _first_scan_components(data: bytes) -> int | None:
+    """Colour components in a JPEG's first scan (SOS), or None when the markers cannot be followed."""
+    i, n = 2, len(data)
+    while i + 4 < n:
+        if data[i] != 0xFF:  # stray bytes between segments (libjpeg skips them too)
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        if marker == 0xDA:
+            return data[i + 4]
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _jpeg_coefficient_bytes(image: Image.Image, data: bytes, width: int, height: int) -> int:
+    if not _jpeg_multi_scan(image, data):
+        return 0
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * 3
+    h_max = max(max(layer[1] for layer in layers), 1)
+    v_max = max(max(layer[2] for layer in layers), 1)
+    mcus_wide, mcus_high = math.ceil(width / (8 * h_max)), math.ceil(height / (8 * v_max))
+    blocks = sum(mcus_wide * max(layer[1], 1) * mcus_high * max(layer[2], 1) for layer in layers)
+    return blocks * 64 * 2  # 64 coefficients of 16 bits a block, for the full-size picture
+
+
+def _tiff_strip_bytes(image: Image.Image, data: bytes) -> int:
+    """libtiff decodes a strip (or tile) at a time into a buffer of its own, plus the compressed strip."""
+    tags = getattr(image, "tag_v2", {})
+    width, height = image.size
+    if 322 in tags and 323 in tags:
+        strip_pixels = int(tags[322]) * int(tags[323])
+    else:
+        strip_pixels = width * min(int(tags.get(278, height) or height), height)
+    samples = int(tags.get(277, 1) or 1)
+    bits = tags.get(258, (8,))
+    sample_bits = max(bits) if isinstance(bits, tuple) and bits else int(bits or 8)
+    per_pixel = math.ceil(samples * sample_bits / 8)
+    if tags.get(262) == 6 or tags.get(259) in (6, 7):  # YCbCr or JPEG-in-TIFF: decoded as 32-bit RGBA
+        per_pixel = max(per_pixel, 4)
+    return min(strip_pixels, width * height) * per_pixel + len(data)
+
+
+# --- orientation ------------------------------------------------------------------------------------------
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:  # unreadable EXIF: the photo is used as stored
+        return 1
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """EXIF orientation, applied to the reduced image (the same as applying it before reducing)."""
+    method = _TRANSPOSE.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+# --- reduce and convert -----------------------------------------------------------------------------------
+def _reduce_to_rgb(image: Image.Image, long_side: int) -> Image.Image:
+    """An RGB image with its long side at most ``long_side``, never holding a second full-size copy.
+
+    RGB (every JPEG) is box-reduced as it is; other modes are converted tile by tile (box-reduced by the
+    same integer factor) into a canvas under twice ``long_side``, which is then resized to ``long_side``.
+    """
+    width, height = image.size
+    factor = max(1, max(width, height) // max(long_side, 1))
+    if image.mode == "RGB":
+        reduced = image.reduce(factor) if factor > 1 else image
+    else:
+        to_rgb = _rgb_converter(image)
+        reduced = Image.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+        tile = max(factor, _TILE_SIDE // factor * factor)  # a multiple of the factor: the same as one reduce
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                part = to_rgb(image.crop((left, top, min(width, left + tile), min(height, top + tile))))
+                reduced.paste(part.reduce(factor) if factor > 1 else part, (left // factor, top // factor))
+    if max(reduced.size) > long_side:
+        reduced.thumbnail((long_side, long_side), Image.Resampling.BILINEAR)  # in place (the opened image too)
+    return reduced.copy() if reduced is image else reduced  # a plain image, detached from the file
+
+
+def _rgb_converter(image: Image.Image) -> Callable[[Image.Image], Image.Image]:
+    """How one tile of ``image`` becomes RGB: 16-bit and float scaled, palette and transparency onto white."""
+    mode = image.mode
+    if mode == "F":
+        low, high = _finite_range(image)
+        scale = 255.0 / (high - low) if high > low else 0.0
+
+        def float_to_rgb(tile: Image.Image) -> Image.Image:
+            values = np.asarray(tile, dtype=np.float32)
+            scaled = np.nan_to_num((values - low) * scale, nan=0.0, posinf=255.0, neginf=0.0)
+            return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+
+        return float_to_rgb
+    if mode == "I":
+        low, high = cast(tuple[float, float], image.getextrema())  # one band: (min, max)
+        if low >= 0 and high <= 65535:  # 16-bit values held as 32-bit (some PNGs and TIFFs)
+            return lambda tile: tile.point(lambda v: v / 256).convert("L").convert("RGB")
+        span = max(high - low, 1)
+        return lambda tile: tile.point(lambda v: (v - low) * 255 / span).convert("L").convert("RGB")
+    if mode.startswith("I;16"):
+        return lambda tile: tile.point(lambda v: v / 256).convert("L").convert("RGB")
+    return _to_rgb
+
+
+def _finite_range(image: Image.Image) -> tuple[float, float]:
+    """The smallest and largest finite value of a float image, read tile by tile."""
+    low, high = math.inf, -math.inf
+    width, height = image.size
+    for top in range(0, height, _TILE_SIDE):
+        for left in range(0, width, _TILE_SIDE):
+            values = np.asarray(image.crop((left, top, min(width, left + _TILE_SIDE), min(height, top + _TILE_SIDE))))
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    if low > high:
+        raise InvalidImageError("the floating-point image holds no finite values (all NaN or infinite)")
+    return low, high
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any mode: 16-bit, palette, CMYK, greyscale; transparency onto white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.point(lambda v: v / 256).convert("L")
+    """RGB from any 8-bit mode: palette, CMYK, greyscale; transparency onto white."""
     if image.mode == "P":
-        image = image.convert("RGBA")
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
