@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -136,3 +139,96 @@ def test_export_onnx_writes_a_stamped_model_beside_the_checkpoint(tmp_path, caps
 def test_export_onnx_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["export-onnx", "--checkpoint", str(tmp_path / "none.pt")]) != 0
     assert "not found" in capsys.readouterr().err
+
+
+# --- folders, FIFOs and failed files --------------------------------------------------------------------------
+REPO = Path(__file__).parent.parent
+
+
+def test_identify_a_folder_identifies_the_photos_in_it(tmp_path, capsys, known_samples) -> None:
+    folder = tmp_path / "trip"
+    (folder / "day2").mkdir(parents=True)
+    first, second = known_samples.iloc[0], known_samples.iloc[1]
+    shutil.copy(first["path"], folder / "a.jpg")
+    shutil.copy(second["path"], folder / "day2" / "b.jpg")
+    (folder / "notes.txt").write_text("not a photo")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "pipe.jpg")  # never opened, so it cannot block
+    assert main(["identify", str(folder), "--json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output[str(folder / "a.jpg")]["answer"] == first["individual_id"]
+    assert output[str(folder / "day2" / "b.jpg")]["answer"] == second["individual_id"]
+    assert "not a photo" in output[str(folder / "notes.txt")]["skipped"]
+    if hasattr(os, "mkfifo"):
+        assert "named pipe" in output[str(folder / "pipe.jpg")]["skipped"]
+
+
+def test_identify_a_folder_without_photos_says_so(tmp_path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["identify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no photos" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_identify_a_fifo_refuses_it_and_goes_on_instead_of_hanging(tmp_path, known_samples) -> None:
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "whales_identify", "identify", str(fifo), known_samples.iloc[0]["path"]]
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=90, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("identify blocked on a named pipe")
+    assert done.returncode == 1
+    assert "photo.jpg: error" in done.stderr and "named pipe" in done.stderr and "Traceback" not in done.stderr
+    assert known_samples.iloc[0]["individual_id"] in done.stdout
+
+
+def _zip_with_failures(tmp_path: Path, samples, broken: int) -> Path:
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(samples.iloc[0]["path"], "trip/good.jpg")
+        for i in range(broken):
+            zf.writestr(f"trip/broken_{i:02d}.jpg", b"\xff\xd8\xff\xe0 truncated")
+        zf.writestr("trip/readme.txt", "notes")
+    return archive
+
+
+def test_batch_names_the_files_that_failed(tmp_path, capsys, samples) -> None:
+    archive = _zip_with_failures(tmp_path, samples, broken=12)
+    assert main(["batch", str(archive), "--csv", str(tmp_path / "out.csv")]) == 0  # something was identified
+    err = capsys.readouterr().err
+    assert "1 identified, 12 failed, 1 skipped" in err
+    named = [f"trip/broken_{i:02d}.jpg" for i in range(12)]
+    assert all(name in err for name in named[:10]) and not any(name in err for name in named[10:])
+    assert "and 2 more" in err and "corrupt or truncated" in err
+    assert "trip/readme.txt" in err and "not a photo" in err
+
+
+def test_batch_strict_fails_when_any_file_failed_or_was_skipped(tmp_path, capsys, samples) -> None:
+    archive = _zip_with_failures(tmp_path, samples, broken=1)
+    assert main(["batch", str(archive), "--csv", str(tmp_path / "out.csv"), "--strict"]) == 1
+    assert "trip/broken_00.jpg" in capsys.readouterr().err
+    clean = tmp_path / "clean.zip"
+    with zipfile.ZipFile(clean, "w") as zf:
+        zf.write(samples.iloc[0]["path"], "good.jpg")
+    assert main(["batch", str(clean), "--csv", str(tmp_path / "clean.csv"), "--strict"]) == 0
+    only_skipped = tmp_path / "skipped.zip"
+    with zipfile.ZipFile(only_skipped, "w") as zf:
+        zf.write(samples.iloc[0]["path"], "good.jpg")
+        zf.writestr("readme.txt", "notes")
+    assert main(["batch", str(only_skipped), "--csv", str(tmp_path / "s.csv")]) == 0
+    assert main(["batch", str(only_skipped), "--csv", str(tmp_path / "s.csv"), "--strict"]) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_batch_of_a_fifo_is_a_clear_error_not_a_hang(tmp_path) -> None:
+    fifo = tmp_path / "photos.zip"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "whales_identify", "batch", str(fifo)]
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=90, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("batch blocked on a named pipe")
+    assert done.returncode == 2 and "a named pipe (FIFO), not a ZIP" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""  # no table started

@@ -269,3 +269,12 @@ def test_a_worker_that_cannot_load_the_model_fails_the_run_clearly(
     with pytest.raises(ScaleError, match=r"ModelLoadError: model checkpoint not found: .*rerun the same command"):
         run_ray_batch(identifier, photo_zip, out, checkpoint=tmp_path / "missing.pt")
     assert set(_read(out)) == {"trip/readme.txt", "../evil.jpg"}  # what was known is kept for the rerun
+
+
+def test_the_ray_summary_names_failed_files_and_strict_fails(ray_csv, photo_zip, tmp_path, capsys) -> None:
+    out = tmp_path / "out.csv"
+    out.write_bytes(ray_csv.read_bytes())  # a finished run: nothing left to do, the summary comes from the table
+    assert main(["batch", str(photo_zip), "--engine", "ray", "--csv", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "trip/corrupt.jpg" in err and "trip/readme.txt" in err and "../evil.jpg" in err
+    assert main(["batch", str(photo_zip), "--engine", "ray", "--csv", str(out), "--strict"]) == 1

@@ -32,6 +32,8 @@ ENV_PREFIX = "WHALE_ID_"
 LEGACY_HOME_ENV = "WHALES_ID_HOME"
 # The image files accepted everywhere: uploads, folders, ZIP members (the decoder checks the bytes).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+# A batch's summary names this many of its failed files, and of its skipped ones (the table has them all).
+SUMMARY_NAMED_FILES = 10
 
 
 def env(name: str) -> str | None:

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from whales_identify.batch.local import CSV_COLUMNS, BatchRow, identify_entries
-from whales_identify.config import ENV_PREFIX, ArchiveLimits, InferenceConfig, ScaleSettings, SpeedConfig
+from whales_identify.config import (
+    ENV_PREFIX,
+    SUMMARY_NAMED_FILES,
+    ArchiveLimits,
+    InferenceConfig,
+    ScaleSettings,
+    SpeedConfig,
+)
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import (
     LIMITS,
@@ -213,6 +220,8 @@ class ResultsFile:
         self.previous: Counter[str] = Counter()  # status → rows kept from an earlier run
         self.done: set[str] = set()
         self.counts: Counter[str] = Counter()  # status → rows written by this run
+        # The first few files that failed or were skipped (this run's and the earlier run's): (file, reason).
+        self.problems: dict[str, list[tuple[str, str]]] = {"error": [], "skipped": []}
         if not restart:
             self._load_previous()
         self._fresh = restart or (not self.done and not self._has_header())
@@ -261,6 +270,13 @@ class ResultsFile:
             self._rewrite(complete)
         self.done = {record[0] for record in complete}
         self.previous = Counter(record[1] for record in complete)
+        for record in complete:
+            self._note(record[0], record[1], record[2])
+
+    def _note(self, file: str, status: str, error: str) -> None:
+        named = self.problems.get(status)
+        if named is not None and len(named) < SUMMARY_NAMED_FILES:
+            named.append((file, error))
 
     def _rewrite(self, records: list[list[str]]) -> None:
         """Replace the file by its complete rows (atomically: a crash now leaves the old file)."""
@@ -281,6 +297,7 @@ class ResultsFile:
         for record in records:
             writer.writerow(record)
             self.counts[record["status"]] += 1
+            self._note(record["file"], record["status"], record["error"])
             count += 1
         self._handle.flush()
         if time.monotonic() - self._last_sync >= self.settings.fsync_every_s:
@@ -383,6 +400,7 @@ class RayBatchSummary:
     written: Counter[str]
     resumed: Counter[str]
     workers: int
+    problems: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # the first few failed/skipped files
 
     @property
     def total(self) -> Counter[str]:
@@ -426,7 +444,7 @@ def run_ray_batch(
         if todo.items:
             checkpoint = str(Path(checkpoint).resolve())
             used = _run_on_ray(identifier, todo, results, checkpoint, workers, batch_size, verbose, limits, settings)
-        return RayBatchSummary(results.counts, results.previous, used)
+        return RayBatchSummary(results.counts, results.previous, used, results.problems)
     finally:
         results.close()
         if started:

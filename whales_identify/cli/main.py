@@ -16,6 +16,7 @@ from whales_identify.config import (
     DEFAULT_DATA_ROOT,
     MODELS_DIR,
     REPO_DIR,
+    SUMMARY_NAMED_FILES,
     ModelConfig,
     TrainConfig,
 )
@@ -69,24 +70,62 @@ def _load_identifier(args: argparse.Namespace):
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    identifier = _load_identifier(args)
-    failures = 0
-    results = {}
-    for image in args.images:
+    photos, skipped, refused = _photos_to_identify(args.images)
+    results: dict[str, dict] = {label: {"skipped": reason} for label, reason in skipped.items()}
+    results.update({label: {"error": reason} for label, reason in refused.items()})
+    if not args.json:
+        for label, reason in skipped.items():
+            print(f"{label}: skipped: {reason}", file=sys.stderr)
+        for label, reason in refused.items():
+            print(f"{label}: error: {reason}", file=sys.stderr)
+    failures = len(refused)
+    if photos:  # (no model to load when there is nothing to identify)
+        identifier = _load_identifier(args)
+    for label, path in photos:
         try:
-            result = identifier.identify(Path(image))
+            result = identifier.identify(path)
         except WhaleIdError as exc:
             failures += 1
-            results[image] = {"error": str(exc)}
+            results[label] = {"error": str(exc)}
             if not args.json:
-                print(f"{image}: error: {exc}", file=sys.stderr)
+                print(f"{label}: error: {exc}", file=sys.stderr)
             continue
-        results[image] = result.to_dict()
+        results[label] = result.to_dict()
         if not args.json:
-            print(_describe(image, result))
+            print(_describe(label, result))
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failures else 0
+
+
+def _photos_to_identify(arguments: list[str]) -> tuple[list[tuple[str, Path]], dict[str, str], dict[str, str]]:
+    """The photos named on the command line, a folder standing for the photos in it (recursively).
+
+    Returns (label, path) of each photo to identify, the files skipped inside folders (with why: not a
+    photo, a link, a FIFO…) and the folders refused because no photo is in them. A file named directly is
+    always tried: the decoder refuses a missing file, a FIFO or a device with a reason, without blocking.
+    """
+    from whales_identify.inputs.archive import list_folder
+
+    photos: list[tuple[str, Path]] = []
+    skipped: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for argument in arguments:
+        path = Path(argument)
+        if not path.is_dir():
+            photos.append((argument, path))
+            continue
+        found = 0
+        for file, name, reason in list_folder(path):
+            label = str(path / name)
+            if reason is None:
+                photos.append((label, file))
+                found += 1
+            else:
+                skipped[label] = reason
+        if not found:
+            refused[argument] = "a folder with no photos in it (JPEG, PNG, WebP, TIFF, BMP or GIF files)"
+    return photos, skipped, refused
 
 
 def _describe(name: str, result) -> str:
@@ -113,13 +152,21 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if ray_only:
         print(f"error: {', '.join(ray_only)} only apply with --engine ray", file=sys.stderr)
         return 2
+    if not Path(args.source).is_dir():  # a bad ZIP (or a FIFO) is said before the model loads or the table starts
+        from whales_identify.inputs.archive import check_zip, open_zip
+
+        with open_zip(args.source) as archive:
+            check_zip(archive)
     identifier = _load_identifier(args)
     rows = run_batch(identifier, Path(args.source), batch_size=args.batch_size)
     counts = {"ok": 0, "error": 0, "skipped": 0}
+    problems: dict[str, list[tuple[str, str]]] = {"error": [], "skipped": []}
 
     def counted():
         for row in rows:
             counts[row.status] += 1
+            if row.status in problems and len(problems[row.status]) < SUMMARY_NAMED_FILES:
+                problems[row.status].append((row.file, row.error))
             if args.verbose:
                 print(f"{row.file}: {row.status} {row.individual_id or row.error}", file=sys.stderr)
             yield row
@@ -134,7 +181,32 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         + (f"; wrote {args.csv}" if args.csv else ""),
         file=sys.stderr,
     )
-    return 0 if counts["ok"] or not (counts["error"] + counts["skipped"]) else 1
+    _print_problems(problems, counts, args.csv)
+    return _batch_exit_code(counts, args.strict)
+
+
+def _print_problems(problems: dict[str, list[tuple[str, str]]], counts, csv_path: str | None) -> None:
+    """The files that failed or were skipped, by name (the first few) and count, after the summary line."""
+    where = f" (all in {csv_path})" if csv_path else ""
+    for status, heading in (("error", "failed"), ("skipped", "skipped")):
+        named, total = problems.get(status, []), counts[status]
+        if not total:
+            continue
+        print(f"{heading}:", file=sys.stderr)
+        for name, reason in named:
+            reason = reason if len(reason) <= 160 else reason[:157] + "..."
+            print(f"  {name}: {reason}", file=sys.stderr)
+        if total > len(named):
+            print(f"  … and {total - len(named)} more{where}", file=sys.stderr)
+
+
+def _batch_exit_code(counts, strict: bool) -> int:
+    """1 when nothing could be identified although there were files; with --strict, when any file was
+    not identified (failed or skipped)."""
+    problems = counts["error"] + counts["skipped"]
+    if strict:
+        return 1 if problems else 0
+    return 0 if counts["ok"] or not problems else 1
 
 
 def _cmd_batch_ray(args: argparse.Namespace) -> int:
@@ -170,7 +242,8 @@ def _cmd_batch_ray(args: argparse.Namespace) -> int:
         + f"; wrote {args.csv}",
         file=sys.stderr,
     )
-    return 0 if total["ok"] or not (total["error"] + total["skipped"]) else 1
+    _print_problems(summary.problems, total, args.csv)
+    return _batch_exit_code(total, args.strict)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -219,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("identify", help="identify photos: species, top-5 individuals or new individual")
-    p.add_argument("images", nargs="+", help="photo files")
+    p.add_argument("images", nargs="+", help="photo files, or folders (the photos in them, recursively)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_model_options(p)
     add_search_options(p)
@@ -248,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart",
         action="store_true",
         help="(ray) overwrite --csv instead of resuming: by default, files already in it are not done again",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 when any file failed or was skipped (default: only when none was identified)",
     )
     add_model_options(p)
     add_search_options(p)
