@@ -7,15 +7,25 @@ CI installs requirements-scale.txt, so these tests never skip. Ray starts once f
 from __future__ import annotations
 
 import csv
+import selectors
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from whales_identify.batch.local import CSV_COLUMNS
-from whales_identify.batch.on_ray import ResultsFile, ScaleError, ScaleSettings, import_ray, plan_work, run_ray_batch
+from whales_identify.batch.on_ray import (
+    ResultsFile,
+    ScaleError,
+    ScaleSettings,
+    import_ray,
+    plan_work,
+    run_ray_batch,
+    start_ray,
+)
 from whales_identify.cli.main import main
 from whales_identify.config import DEFAULT_CHECKPOINT
 
@@ -269,6 +279,92 @@ def test_a_worker_that_cannot_load_the_model_fails_the_run_clearly(
     with pytest.raises(ScaleError, match=r"ModelLoadError: model checkpoint not found: .*rerun the same command"):
         run_ray_batch(identifier, photo_zip, out, checkpoint=tmp_path / "missing.pt")
     assert set(_read(out)) == {"trip/readme.txt", "../evil.jpg"}  # what was known is kept for the rerun
+
+
+# --- --address with a Ray session already open -----------------------------------------------------------------
+_SECOND_INSTANCE = """
+import logging, os, sys
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+         object_store_memory=80 * 1024**2, logging_level=logging.WARNING)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes our stdin
+ray.shutdown()
+"""
+
+
+def _first_line(process: subprocess.Popen, timeout: float) -> str:
+    """The first line a child prints, waiting on the pipe (not a fixed sleep) up to ``timeout`` seconds."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if selector.select(timeout=deadline - time.monotonic()):
+                return process.stdout.readline().strip()
+    raise AssertionError(f"no line from the child within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def second_instance(ray_instance, tmp_path_factory):
+    """A second local Ray instance, held by a child process; its address (host:port)."""
+    log = tmp_path_factory.mktemp("second_ray") / "stderr.txt"
+    with log.open("w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _SECOND_INSTANCE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=REPO,
+        )
+    try:
+        address = _first_line(child, timeout=120)
+        assert address, log.read_text()[-2000:]
+        yield address
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()  # the child shuts its instance down and exits
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def test_an_address_other_than_the_open_session_is_refused_not_ignored(
+    second_instance, photo_zip, tmp_path, capsys
+) -> None:
+    """The defect: ``start_ray`` returned early when this process held a session, so ``--address`` was ignored
+    and the batch ran on the local instance."""
+    ray = import_ray()
+    current = ray.get_runtime_context().gcs_address
+    assert current != second_instance
+    with pytest.raises(ScaleError, match="already connected") as info:
+        start_ray(second_instance)
+    assert current in str(info.value) and second_instance in str(info.value)
+    assert ray.is_initialized() and ray.get_runtime_context().gcs_address == current  # left as it was
+    assert start_ray(current) is False  # the cluster already connected: used, not restarted
+
+    out = tmp_path / "out.csv"
+    assert main(["batch", str(photo_zip), "--engine", "ray", "--address", second_instance, "--csv", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "already connected" in err and "Traceback" not in err
+    assert not out.exists() or len(out.read_text().splitlines()) <= 1  # nothing was identified anywhere
+
+
+def test_a_process_without_a_session_connects_to_the_address_given(second_instance) -> None:
+    code = (
+        "import sys; from whales_identify.batch.on_ray import import_ray, start_ray; "
+        "started = start_ray(sys.argv[1]); ray = import_ray(); "
+        "print(started, ray.get_runtime_context().gcs_address); ray.shutdown()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, second_instance], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["True", second_instance]
 
 
 def test_the_ray_summary_names_failed_files_and_strict_fails(ray_csv, photo_zip, tmp_path, capsys) -> None:

@@ -337,9 +337,16 @@ def import_ray() -> Any:
 
 
 def start_ray(address: str | None, settings: ScaleSettings = SETTINGS) -> bool:
-    """Connect to ``address`` or start a local instance; True when this call started it (so we stop it)."""
+    """Connect to ``address`` or start a local instance; True when this call started it (so we stop it).
+
+    A process that already holds a Ray session (a notebook, a test) keeps it when no address is given, or
+    when ``address`` is that same cluster; any other address is refused (``ScaleError``): Ray connects a
+    process to one cluster only, and silently running on the wrong one would be worse than stopping.
+    """
     ray = import_ray()
-    if ray.is_initialized():  # e.g. a notebook or a test that already holds a Ray session
+    if ray.is_initialized():
+        if address is not None:
+            _check_same_cluster(ray, address)
         return False
     options: dict[str, Any] = {
         "include_dashboard": False,
@@ -362,6 +369,43 @@ def start_ray(address: str | None, settings: ScaleSettings = SETTINGS) -> bool:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ScaleError(f"cannot start or reach {where}: {_one_line(exc)}") from exc
     return True
+
+
+def _check_same_cluster(ray: Any, address: str) -> None:
+    """Refuse ``address`` unless it names the cluster this process is already connected to."""
+    current = _current_cluster(ray)
+    wanted = _canonical_address(address)
+    if current is not None and wanted is not None and wanted == _canonical_address(current):
+        return
+    where = f"the Ray cluster at {current}" if current else "a Ray session"
+    names = f" ({wanted})" if wanted and wanted != address else ""
+    raise ScaleError(
+        f"this process is already connected to {where}, so it cannot connect to --address {address}{names}: "
+        "Ray joins a process to one cluster only. Run the batch in a process of its own (the command line "
+        "does), or leave out --address to use the session that is already open"
+    )
+
+
+def _current_cluster(ray: Any) -> str | None:
+    try:
+        address = ray.get_runtime_context().gcs_address
+    except Exception:  # a Ray Client session, or a Ray without it
+        return None
+    return str(address) if address else None
+
+
+def _canonical_address(address: str) -> str | None:
+    """``host:port`` of a Ray address as Ray itself resolves it ('auto', RAY_ADDRESS, localhost → this
+    node's IP); None when it cannot be resolved (e.g. a ``ray://`` client address)."""
+    if address.startswith("ray://"):
+        return None
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        resolved = canonicalize_bootstrap_address(address)
+    except Exception:  # not a Ray address, or 'auto' with no cluster running: never the same cluster
+        return None
+    return str(resolved) if resolved else None
 
 
 def _check_reachable(address: str, settings: ScaleSettings) -> None:

@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address",
         default=None,
-        help="(ray) the Ray cluster to use, e.g. 'auto' on a cluster node (default: start a local instance)",
+        help="(ray) the Ray cluster to use, e.g. 'auto' on a cluster node (default: start a local instance); "
+        "refused in a process already connected to another cluster",
     )
     p.add_argument("--workers", type=positive_int, default=None, help="(ray) model workers (default: one per CPU)")
     p.add_argument(
