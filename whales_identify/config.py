@@ -301,3 +301,28 @@ class ContentGateConfig:
     min_coarse_std: float = 2.0  # grey levels (0-255) of the block-mean thumbnail
     min_structure: float = 0.40  # coarse/fine std; i.i.d. noise gives ~0.25, photographs 0.6-1
     min_detail: float = 0.7  # mean |Laplacian| of the block-mean thumbnail; a radial vignette gives 0.64
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Training-free verification of the global model's shortlist (``matching/verify.py``): RootSIFT
+    keypoints, Lowe's ratio test, a RANSAC similarity transform; its inlier count re-ranks the top
+    candidates. Defaults measured on the right-whale heads by ``benchmarks/bench_verify.py``."""
+
+    long_side: int = 224  # keypoints are found on the greyscale photo reduced (or enlarged) to this long side
+    max_keypoints: int = 200  # the strongest this many are kept (and stored): bytes per photo grow with it
+    descriptor_bits: int = 4  # stored RootSIFT precision per component: 4 (two per byte; measured as good as 8) or 8
+    ratio: float = 0.85  # Lowe's ratio test: best / second-best descriptor distance below this
+    ransac_threshold: float = 4.0  # reprojection error (px at long_side) for a RANSAC inlier
+    ransac_iterations: int = 2000
+    ransac_confidence: float = 0.995
+    seed: int = 0  # OpenCV's RNG seed before each RANSAC: the same pair always scores the same
+    candidates: int = 20  # the global model's top this many individuals are verified
+    photos_per_candidate: int = 8  # each candidate's photos most similar to the query (cosine), matched
+    # fused = global score + weight * min(inliers, cap) / cap, tuned on half of the right-whale individuals:
+    # 6 or more inliers lift a candidate above any unverified one (cosine scores differ by < 1).
+    weight: float = 1.0
+    inlier_cap: int = 6
+    # A top answer with at least this many inliers is "verified": right 93-95 % of the time on held-out
+    # right whales (unseen animals' photos included), 95-96 % from 10 inliers.
+    verified_inliers: int = 8
