@@ -214,3 +214,122 @@ def test_a_failing_page_leaves_the_other_pages_working(monkeypatch: pytest.Monke
     assert at.get("vega_lite_chart"), "the identify page still identifies"
     at.switch_page("pages/catalogue.py").run()  # and the failed page recovers once its fault is gone
     assert not at.exception and not at.error, [e.value for e in at.error]
+
+
+# --- damaged model files: a typed error with a plain message, never unsafe advice ------------------------------
+UNSAFE_ADVICE = ("allow_pickle", "weights_only", "pickle.load", "trust")
+
+
+def _whole_story(exc: BaseException) -> str:
+    """The message and everything a traceback or a log would show with it (causes, contexts)."""
+    import traceback
+
+    return "".join(traceback.format_exception(exc))
+
+
+def _garbage_checkpoints(folder: Path) -> dict[str, Path]:
+    import pickle
+
+    import torch
+
+    real = DEFAULT_CHECKPOINT.read_bytes()
+    files = {
+        "random bytes": b"garbage\x00\x01\x02",
+        "a plain pickle": pickle.dumps({"a": 1}),
+        "truncated": real[: len(real) // 2],
+        "empty": b"",
+    }
+    paths = {}
+    for kind, data in files.items():
+        paths[kind] = folder / f"{kind.replace(' ', '_')}.pt"
+        paths[kind].write_bytes(data)
+    paths["a pickled object"] = folder / "object.pt"
+    torch.save({"x": Path("/tmp")}, paths["a pickled object"])  # loadable only with weights_only=False
+    paths["another format"] = folder / "other.pt"
+    torch.save({"format_version": 1, "meta": {}}, paths["another format"])  # right marker, missing parts
+    return paths
+
+
+def test_a_damaged_checkpoint_is_a_plain_model_load_error(tmp_path: Path) -> None:
+    from whales_identify.model.checkpoint import load_checkpoint
+
+    for kind, path in _garbage_checkpoints(tmp_path).items():
+        with pytest.raises(ModelLoadError) as info:
+            load_checkpoint(path)
+        story = _whole_story(info.value)
+        assert path.name in str(info.value), kind
+        assert not any(advice in story for advice in UNSAFE_ADVICE), (kind, story)
+
+
+def _garbage_catalogues(folder: Path) -> dict[str, Path]:
+    real = DEFAULT_CATALOGUE.read_bytes()
+    paths = {kind: folder / f"{kind.replace(' ', '_')}.npz" for kind in ("random", "truncated", "empty")}
+    paths["random"].write_bytes(b"garbage, not a catalogue")
+    paths["truncated"].write_bytes(real[:20_000])
+    paths["empty"].write_bytes(b"")
+    paths["object array"] = folder / "object.npz"
+    with paths["object array"].open("wb") as handle:
+        np.save(handle, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    paths["other arrays"] = folder / "other.npz"
+    np.savez(paths["other arrays"], a=np.zeros(3))
+    paths["ragged"] = folder / "ragged.npz"
+    with np.load(DEFAULT_CATALOGUE) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["individual_ids"] = arrays["individual_ids"][:3]
+    np.savez(paths["ragged"], **arrays)
+    return paths
+
+
+def test_a_damaged_catalogue_is_a_plain_model_load_error(tmp_path: Path) -> None:
+    for kind, path in _garbage_catalogues(tmp_path).items():
+        with pytest.raises(ModelLoadError) as info:
+            Gallery.load(path)
+        story = _whole_story(info.value)
+        assert path.name in str(info.value), kind
+        assert not any(advice in story for advice in UNSAFE_ADVICE), (kind, story)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("temperature: [1, 2\n", "not valid YAML"),
+        ("- 1\n- 2\n", "should map each setting to its value"),
+        ("temperature: warm\n", "temperature should be a number"),
+        ("temperature: .nan\n", "temperature should be a finite number"),
+        ("top_k: 2.5\n", "top_k should be a whole number"),
+        ("top_k: true\n", "top_k should be a whole number"),
+        ("tuned_on: [a, b]\n", "tuned_on should be text"),
+        ("\x00\x01binary", "cannot be read"),
+    ],
+)
+def test_a_malformed_inference_config_is_a_plain_model_load_error(tmp_path: Path, text: str, message: str) -> None:
+    from whales_identify.config import InferenceConfig
+
+    path = tmp_path / "inference.yaml"
+    path.write_text(text)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        InferenceConfig.load(path)
+    assert "inference.yaml" in str(info.value)
+
+
+def test_the_cli_reports_damaged_model_files_without_a_traceback(tmp_path: Path) -> None:
+    bad_yaml = tmp_path / "inference.yaml"
+    bad_yaml.write_text("temperature: [1, 2\n")
+    photo = next(DATA.glob("*.jpg"))
+    cases = [
+        ("--inference-config", str(bad_yaml)),
+        ("--catalogue", str(_garbage_catalogues(tmp_path)["random"])),
+        ("--checkpoint", str(_garbage_checkpoints(tmp_path)["a plain pickle"])),
+    ]
+    for option, value in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "whales_identify", "identify", str(photo), option, value, "--bundled-only"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 2, (option, done.stderr)
+        assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr, (option, done.stderr)
+        assert not any(advice in done.stderr for advice in UNSAFE_ADVICE), (option, done.stderr)

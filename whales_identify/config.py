@@ -8,6 +8,7 @@ temperatures) are tuned on held-out data and saved beside the checkpoint in
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -116,15 +117,57 @@ class InferenceConfig:
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_INFERENCE_CONFIG) -> InferenceConfig:
+        """The tuned rules from ``path`` (the defaults when it does not exist); a ``ModelLoadError`` that
+        says what is wrong when it cannot be read, is not YAML, or holds a value of the wrong kind."""
+        from whales_identify.errors import ModelLoadError
+
         path = Path(path)
         if not path.exists():
             return cls()
-        data = yaml.safe_load(path.read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ModelLoadError(f"{path.name} is not valid YAML{where}: {exc.problem or exc.context}") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ModelLoadError(f"{path.name} cannot be read ({type(exc).__name__}: {exc})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ModelLoadError(
+                f"{path.name} should map each setting to its value (e.g. 'temperature: 20.0'), "
+                f"not hold a {type(data).__name__}"
+            )
+        values = {}
+        for f in fields(cls):
+            if f.name in data:
+                values[f.name] = _checked_setting(path.name, f.name, data[f.name], getattr(cls, f.name))
+        return cls(**values)
 
     def save(self, path: Path | str = DEFAULT_INFERENCE_CONFIG) -> None:
         Path(path).write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+
+
+def _checked_setting(file: str, name: str, value: Any, default: Any) -> Any:
+    """``value`` if it is of the kind ``default`` is (a number, a whole number, text), else ModelLoadError."""
+    from whales_identify.errors import ModelLoadError
+
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ModelLoadError(f"{file}: {name} should be text, not {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelLoadError(f"{file}: {name} should be a whole number, not {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ModelLoadError(f"{file}: {name} should be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise ModelLoadError(f"{file}: {name} should be a finite number, not {value!r}")
+        return float(value)
+    return value
 
 
 def available_cores() -> int:

@@ -111,5 +111,12 @@ class Gallery:
                     thumbs,
                     str(data["model_version"]),
                 )
-        except (OSError, KeyError, ValueError) as exc:
-            raise ModelLoadError(f"{path.name} is not a readable catalogue: {exc}") from exc
+        except Exception as exc:
+            # Not ``str(exc)`` and ``from None``: numpy's messages suggest allow_pickle, which would run
+            # whatever code the file holds. Never pass that on.
+            problem = f"missing {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+            raise ModelLoadError(
+                f"{path.name} is not a readable catalogue ({problem}): it is damaged, cut short or another kind "
+                "of file. Use the catalogue that came with the checkpoint (models/catalogue.npz), or rebuild it "
+                "with `python -m whales_identify bundle --checkpoint CHECKPOINT`."
+            ) from None

@@ -7,6 +7,7 @@ serving path needs just ``model_version`` (a hash of the file).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     from whales_identify.model.network import WhaleNet
 
 FORMAT_VERSION = 1
+_CHECKPOINT_HINT = (
+    "Use the checkpoint that came with the project (models/whale_id.pt) or one written by "
+    "`python -m whales_identify train`."
+)
 
 
 def save_checkpoint(model: WhaleNet, meta: dict[str, Any], path: Path) -> None:
@@ -54,17 +59,30 @@ def load_checkpoint(path: Path | str) -> tuple[WhaleNet, dict[str, Any]]:
     path = Path(path)
     version = model_version(path)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # (torch warns about pickle protocols on foreign files)
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        # ``from None``: torch's own message suggests loading with weights_only=False, which would run
+        # whatever code the file holds. Never pass that on.
         raise ModelLoadError(
-            f"{path.name} is not a readable whales_identify checkpoint ({type(exc).__name__})"
-        ) from exc
+            f"{path.name} is not a readable whales_identify checkpoint ({type(exc).__name__}): it is damaged, "
+            f"cut short or another kind of file. {_CHECKPOINT_HINT}"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(f"{path.name} is not a whales_identify checkpoint of format {FORMAT_VERSION}")
-    meta = blob["meta"]
-    config = ModelConfig.from_dict(blob["model_config"])
-    model = WhaleNet(config, len(meta["individuals"]), len(meta["species"]))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+        raise ModelLoadError(
+            f"{path.name} is not a whales_identify checkpoint of format {FORMAT_VERSION}. {_CHECKPOINT_HINT}"
+        )
+    try:
+        meta = blob["meta"]
+        config = ModelConfig.from_dict(blob["model_config"])
+        model = WhaleNet(config, len(meta["individuals"]), len(meta["species"]))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        missing = f"no {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+        raise ModelLoadError(
+            f"{path.name} is an incomplete whales_identify checkpoint ({missing}). {_CHECKPOINT_HINT}"
+        ) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
