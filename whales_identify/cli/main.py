@@ -44,7 +44,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         **{f.name: getattr(args, "model_" + f.name) for f in fields(ModelConfig) if hasattr(args, "model_" + f.name)}
     )
     meta = train(train_config, model_config)
-    print(f"saved {train_config.out}; last epoch: {meta['history'][-1]}")
+    if "stopped_after_epoch" in meta:
+        print(
+            f"stopped after epoch {meta['stopped_after_epoch']}; the same command continues from {meta['resume_file']}"
+        )
+    else:
+        print(f"saved {train_config.out}; last epoch: {meta['history'][-1]}")
     return 0
 
 

@@ -7,10 +7,11 @@ functions (``matching/rules.py``).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,11 @@ from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.results import Identification
 from whales_identify.model.engines import Engine, open_network
 from whales_identify.model.info import NetworkInfo
+from whales_identify.model.localiser import Localiser, grow_box, load_localiser
 from whales_identify.model.preprocess import to_array
 from whales_identify.model.threads import single_threaded_blas
 
+log = logging.getLogger(__name__)
 ImageSource = bytes | str | Path | Image.Image
 CHUNKS_AHEAD_PER_WORKER = 2  # queued chunks per batch worker: enough to keep it busy, few enough to bound memory
 
@@ -44,6 +47,8 @@ class ModelOutput:
 
     embedding: np.ndarray  # (D,) L2-normalised
     species_logits: np.ndarray  # (S,) from the species head
+    box: tuple[int, int, int, int] | None = None  # the crop the network saw (None: the whole photo)
+    photo_size: tuple[int, int] | None = None  # (width, height) of the photo the box is in
 
 
 class Identifier:
@@ -60,8 +65,11 @@ class Identifier:
         config: InferenceConfig,
         engine: Engine,
         speed: SpeedConfig | None = None,
+        localiser: Localiser | None = None,
     ) -> None:
         self.network = network
+        # The animal's box, when the network was trained on crops around it (else the whole photo).
+        self.localiser = localiser if network.config.crop_to_animal else None
         self.config = config
         self.speed = speed or SpeedConfig()
         self.engine = engine
@@ -104,7 +112,10 @@ class Identifier:
             if isinstance(inference_config, InferenceConfig)
             else InferenceConfig.load(inference_config)
         )
-        return cls(network, gallery, config, runner, speed)
+        localiser = load_localiser() if network.config.crop_to_animal else None
+        if network.config.crop_to_animal and localiser is None:
+            log.warning("this model looks at the animal's box but no localiser is installed: whole photos instead")
+        return cls(network, gallery, config, runner, speed, localiser)
 
     @property
     def model_version(self) -> str:
@@ -135,18 +146,33 @@ class Identifier:
         mode), several times faster than the display-size decode for a phone photo."""
         return self.prepare(source, long_side=self.speed.identify_long_side)
 
+    def network_view(self, image: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+        """What the network looks at: the crop around the animal (the localiser's box grown by the
+        model's margin), or the whole photo when there is no localiser or no animal was found."""
+        if self.localiser is None:
+            return image, None
+        location = self.localiser.locate(image)
+        if location.box is None:
+            return image, None
+        crop = grow_box(location.box, self.network.config.crop_margin, *image.size)
+        return image.crop(crop), crop
+
     def forward(self, images: list[Image.Image], threads: int | None = None) -> list[ModelOutput]:
-        """Embeddings and species-head logits for a batch of photos.
+        """Embeddings and species-head logits for a batch of photos (each seen as ``network_view``).
 
         ``threads``: CPU threads for this pass (default: the engine's best for one photo).
         """
         if not images:
             return []
-        batch = np.stack([to_array(image, self.network.config) for image in images])
+        views = [self.network_view(image) for image in images]
+        batch = np.stack([to_array(view, self.network.config) for view, _ in views])
         if threads is None and len(images) == 1 and self.engine.name == "torch":
             threads = self.speed.single_photo_threads
         embeddings, species_logits = self.engine.run(batch, threads)
-        return [ModelOutput(e, s) for e, s in zip(embeddings, species_logits, strict=True)]
+        return [
+            ModelOutput(e, s, box, image.size)
+            for e, s, (_, box), image in zip(embeddings, species_logits, views, images, strict=True)
+        ]
 
     # --- the decision --------------------------------------------------------------
     def scores(self, output: ModelOutput, gallery: Gallery | None = None) -> rules.QueryScores:
@@ -167,7 +193,8 @@ class Identifier:
         """Turn one forward pass into the answer, against ``gallery`` (default: the catalogue)
         under ``config`` (default: the tuned rules)."""
         gallery = gallery or self.gallery
-        return rules.decide(gallery, self.scores(output, gallery), self.species_names, config or self.config)
+        result = rules.decide(gallery, self.scores(output, gallery), self.species_names, config or self.config)
+        return replace(result, box=output.box, photo_size=output.photo_size)
 
     # --- convenience -----------------------------------------------------------------
     def identify(self, source: ImageSource) -> Identification:

@@ -44,7 +44,8 @@ class Identification:
     new_individual_probability: float
     rejected: bool = False
     rejection_reason: str = ""
-    box: tuple[int, int, int, int] | None = None
+    box: tuple[int, int, int, int] | None = None  # the animal, in pixels of a photo of ``photo_size``
+    photo_size: tuple[int, int] | None = None  # (width, height) of the photo the box refers to
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32), repr=False)
     species_probabilities: dict[str, float] = field(default_factory=dict, repr=False)
 
@@ -82,6 +83,7 @@ class Identification:
             "rejection_reason": self.rejection_reason,
             "top5": [c.to_dict() for c in self.top5],
             "box": list(self.box) if self.box else None,
+            "photo_size": list(self.photo_size) if self.photo_size else None,
         }
         if with_embedding:
             data["embedding"] = [round(float(v), 6) for v in self.embedding]
