@@ -67,3 +67,25 @@ def test_degenerate_photos_are_found(tmp_path) -> None:
     broken.write_bytes(b"\xff\xd8 not a jpeg")
     problems = degenerate_photos([photo, grey, broken])
     assert set(problems) == {1, 2} and "uniform" in problems[1]
+
+
+def test_the_open_set_protocol_catalogues_half_and_asks_about_all() -> None:
+    from whales_identify.training.protocol import open_set
+
+    frame = _labels()
+    frame["split"] = assign_splits_by_individual(frame, seed=3)
+    protocol = open_set(frame, "test", seed=3)
+    gallery, queries = set(protocol.gallery.tolist()), protocol.queries.tolist()
+    assert not gallery & set(queries)  # a query is never its own catalogue photo
+    assert gallery >= set(np.flatnonzero(frame["split"] == "train"))
+    ids = frame["individual_id"].to_numpy()
+    test_individuals = set(frame[(frame["split"] == "test") & (frame["individual_id"] != "")]["individual_id"])
+    known = {ids[q] for q, k in zip(queries, protocol.known, strict=True) if k}
+    unseen = {ids[q] for q, k in zip(queries, protocol.known, strict=True) if not k and ids[q]}
+    assert known and unseen and known | unseen == test_individuals and not known & unseen
+    for individual in known:  # in the catalogue and asked about
+        assert any(ids[g] == individual for g in gallery)
+    for individual in unseen:  # never in the catalogue: the right answer is new_individual
+        assert not any(ids[g] == individual for g in gallery)
+    test_negatives = set(np.flatnonzero((frame["split"] == "test") & (frame["species"] == NON_CETACEAN)))
+    assert test_negatives <= set(queries)

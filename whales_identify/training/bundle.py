@@ -24,8 +24,10 @@ from whales_identify.matching.identifier import Identifier, ModelOutput
 from whales_identify.model.checkpoint import load_checkpoint, network_info
 from whales_identify.model.engines import onnx_path_for
 from whales_identify.model.torch_engine import export_onnx
+from whales_identify.training.catalogue_check import refuse_placeholders
 from whales_identify.training.data import load_dataset
 from whales_identify.training.evaluate import embed_files, gallery_from_outputs
+from whales_identify.training.protocol import open_set, protocol_summary
 from whales_identify.training.tune import tune
 
 log = logging.getLogger(__name__)
@@ -131,12 +133,15 @@ def _write_samples(frame: pd.DataFrame, chosen: list[int], samples_dir: Path) ->
 def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
     """Write models/{whale_id.pt, inference.yaml, catalogue.npz, species_map.yaml} and the samples."""
     identifier = Identifier.load(paths.checkpoint, catalogue=None, inference_config=InferenceConfig())
-    seed = seed if seed is not None else int(identifier.network.meta["train_config"]["seed"])
-    frame = load_dataset(paths.data_root, seed)
+    train_config = identifier.network.meta.get("train_config", {})
+    seed = seed if seed is not None else int(train_config["seed"])
+    # The split the network was trained with (checkpoints before the by-individual split: by photo).
+    frame = load_dataset(paths.data_root, seed, str(train_config.get("split", "photo")))
     log.info("embedding %d photos", len(frame))
     outputs = embed_files(identifier, [Path(p) for p in frame["path"]])
     ok = np.array([isinstance(o, ModelOutput) for o in outputs])
-    log.info("%d photos could not be read", int((~ok).sum()))
+    for bad in np.flatnonzero(~ok):  # unreadable, or nothing in it: never in the catalogue
+        log.warning("left out %s: %s", frame.at[bad, "image"], outputs[bad])
 
     def gallery_of(mask: np.ndarray) -> Gallery:
         rows = np.flatnonzero(mask & ok)
@@ -147,21 +152,23 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
             frame["image"].to_numpy()[rows].tolist(),
         )
 
-    train_gallery = gallery_of((frame["split"] == "train").to_numpy())
-    val = np.flatnonzero((frame["split"] == "val").to_numpy() & ok)
+    # Tuned as it will be used: a catalogue of trained and never-trained animals, photos of both kinds.
+    protocol = open_set(frame, "val", seed)
+    tune_gallery = gallery_of(np.isin(np.arange(len(frame)), protocol.gallery))
+    val = np.asarray([i for i in protocol.queries if ok[i]], dtype=int)
     tuned, val_scores = tune(
         InferenceConfig(),
-        train_gallery,
-        [
-            identifier.scores(output, train_gallery)
-            for output in (outputs[i] for i in val)
-            if isinstance(output, ModelOutput)
-        ],
+        tune_gallery,
+        [identifier.scores(o, tune_gallery) for o in (outputs[i] for i in val) if isinstance(o, ModelOutput)],
         identifier.species_names,
         frame["individual_id"].to_numpy()[val].tolist(),
         frame["species"].to_numpy()[val].tolist(),
     )
-    tuned = replace(tuned, tuned_on=f"validation split (seed {seed}): {len(val)} queries; gallery = training split")
+    tuned = replace(
+        tuned,
+        tuned_on=f"validation individuals (seed {seed}, {protocol_summary(frame, protocol)}); "
+        "catalogue = training photos + half of the validation individuals' photos",
+    )
     identifier.config = tuned
     log.info("tuned %s; validation %s", tuned, val_scores)
 
@@ -176,6 +183,7 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
         if individual and (frame["individual_id"] == individual).sum() == 1:
             keep &= (frame["individual_id"] != individual).to_numpy()
     catalogue = gallery_of(keep)
+    refuse_placeholders(catalogue.individuals, "the bundled catalogue")
     thumbs: dict[str, bytes] = {}
     for row in np.flatnonzero(keep & ok):
         index = int(row)

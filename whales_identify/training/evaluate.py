@@ -20,6 +20,7 @@ import pandas as pd
 
 from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN
 from whales_identify.errors import LabelsError, WhaleIdError
+from whales_identify.inputs.content import blank_reason
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.identifier import Identifier, ModelOutput
 from whales_identify.training.data import read_labels
@@ -72,7 +73,8 @@ def load_evaluation_labels(csv_path: Path | str, root: Path | str) -> pd.DataFra
 
 
 def embed_files(identifier: Identifier, paths: Sequence[Path], batch_size: int = 8) -> list[ModelOutput | WhaleIdError]:
-    """One forward pass per photo, in batches; an unreadable photo gives its error."""
+    """One forward pass per photo, in batches; an unreadable photo, or one with nothing in it (the
+    content gate), gives its error instead."""
     outputs: list[ModelOutput | WhaleIdError] = [WhaleIdError("not processed")] * len(paths)
     ready: list[tuple[int, Any]] = []
 
@@ -84,9 +86,15 @@ def embed_files(identifier: Identifier, paths: Sequence[Path], batch_size: int =
 
     for index, path in enumerate(paths):
         try:
-            ready.append((index, identifier.prepare_input(path)))
+            image = identifier.prepare_input(path)
         except WhaleIdError as exc:
             outputs[index] = exc
+            continue
+        reason = blank_reason(image)
+        if reason:  # a frame with nothing in it is never a catalogue photo, nor a query the network sees
+            outputs[index] = WhaleIdError(reason)
+        else:
+            ready.append((index, image))
         if len(ready) == batch_size:
             flush()
     if ready:
