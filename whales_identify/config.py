@@ -399,3 +399,54 @@ class LocaliserConfig:
     min_objectness: float = 0.05
     # A box this thin (share of the photo's side) is unreliable: the whole photo instead.
     min_side_share: float = 0.02
+
+
+@dataclass
+class LocaliserTrainConfig:
+    """How ``train-localiser`` rebuilds ``models/localiser.onnx`` (``training/localiser.py``): a box head on
+    frozen EfficientNet-Lite0 features, trained on a few real boxes and many made-up field photos."""
+
+    data_root: str = str(DEFAULT_DATA_ROOT)
+    out: str = str(REPO_DIR / "runs" / "localiser.onnx")  # features are cached in ``cache/`` beside it
+    seed: int = 11
+    backbone: str = "tf_efficientnet_lite0"
+    input_size: int = 192  # the letterboxed square's side (LocaliserConfig.input_size serves it)
+    pad_value: int = 128
+    decode_long_side: int = 640  # photos decoded as for identification
+    head_width: int = 96
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    # Loss = objectness BCE + cells * per-cell BCE + l1 * L1 + giou * GIoU on the animal photos.
+    cell_loss_weight: float = 0.5
+    l1_loss_weight: float = 5.0
+    giou_loss_weight: float = 2.0
+    cv_folds: int = 4  # by individual over the real boxed photos; 0: no cross-validation
+    real_views: int = 4  # each real boxed photo as it is plus (real_views - 1) jittered crops
+    # In-bounds labelled boxes seen to be misplaced (the prototype's reliable_boxes.json, by eye).
+    rejected_boxes: tuple[str, ...] = (
+        "images/whales_identification_0x0000dead/test_split/positives/77fd86c950074d.jpg",
+        "images/whales_identification_0x0000dead/extra_happywhale/0024057bbc89a4.jpg",
+    )
+    segmented_source: str = "happywhale_segmented_whaleway"  # background removed: the box is the foreground's
+    # Pre-cropped sources (the animal fills the frame) and how many photos of each; orcatag_norway is left
+    # out: whole scenes with several animals.
+    whole_frame_sources: tuple[tuple[str, int], ...] = (
+        ("noaa_right_whale", 300),
+        ("bottlenose_fins_naukma", 150),
+        ("kabuga_individual_id", 100),
+        ("fin_whale_catrlog", 100),
+        ("humpback_flukes_misc", 100),
+        ("humpback_kaggle2019_samples", 100),
+    )
+    background_scenes: tuple[str, ...] = ("sea", "glacier")  # negative scenes that serve as backgrounds too
+    composites_train: int = 2400  # animals pasted small onto background strips
+    composites_test: int = 400
+    composite_area: tuple[float, float] = (0.02, 0.30)  # share of the frame, drawn log-uniform
+    composite_long_side: int = 384
+    backgrounds_train: int = 500  # empty background crops: negatives the composites must not fool
+    backgrounds_test: int = 150
+    negative_views: int = 2  # extra jittered crops of each training negative
+    blank_frames: int = 60  # flat or noisy single-colour frames: negatives
+    threads: int = 2

@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from whales_identify.cli.catalog import register as register_catalog
+from whales_identify.cli.localiser import register as register_localiser
 from whales_identify.cli.options import add_model_options, add_search_options, positive_int
 from whales_identify.config import (
     DEFAULT_CHECKPOINT,
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export_onnx)
 
     register_catalog(sub)
+    register_localiser(sub)
     return parser
 
 
