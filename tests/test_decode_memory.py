@@ -270,3 +270,29 @@ def test_a_small_zip_of_large_pictures_stays_within_one_bound_per_batch_worker(c
     print(f"{archive.stat().st_size / 1024:.0f} KB ZIP, {workers} workers: +{float(growth):.0f} MB; {statuses}")
     assert len(statuses.split()) == len(names) and "skipped" not in statuses
     assert float(growth) <= int(workers) * BOUND_MB, f"+{float(growth):.0f} MB with {workers} workers"
+
+
+_METADATA = r"""
+import sys
+from whales_identify.inputs.exif import read_metadata
+data = open(sys.argv[1], "rb").read()
+before = peak_rss_mb()
+meta = read_metadata(data)
+print(peak_rss_mb() - before)
+"""
+
+
+@pytest.mark.parametrize("name", ["png_rgb_59mp", "png_palette_120mp", "webp_30mp", "tiff_one_strip_50mp"])
+def test_reading_a_photos_metadata_never_decodes_its_pixels(crafted: Path, name: str) -> None:
+    """Pillow's PNG ``getexif`` decodes the whole picture when the EXIF is not in the header: a batch read
+    the metadata of every row (refused ones too) that way, a third full decode beside the two workers'."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS + _METADATA, str(crafted_file(crafted, name))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    growth = float(done.stdout.strip())
+    assert growth < 16, f"{name}: reading its EXIF took +{growth:.0f} MB"

@@ -184,3 +184,22 @@ def test_a_repeated_name_in_a_zip_keeps_each_photos_own_gps(identifier) -> None:
     assert rows["trip/a.jpg"].latitude == pytest.approx(-33.8588, abs=1e-4)
     assert rows["trip/a [member 1].jpg"].latitude == pytest.approx(10.0)
     assert all(row.status == "ok" for row in rows.values())
+
+
+def test_gps_is_read_from_a_png_whose_exif_comes_after_the_pixels() -> None:
+    """(read without decoding the picture: see test_decode_memory.py)"""
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = SYDNEY
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (20, 90, 140)).save(buffer, "PNG", exif=exif)
+    data = buffer.getvalue()
+    start = data.index(b"eXIf") - 4  # move the eXIf chunk after IDAT, where some writers put it
+    length = int.from_bytes(data[start : start + 4], "big")
+    chunk = data[start : start + 12 + length]
+    rest = data[:start] + data[start + 12 + length :]
+    end = rest.index(b"IEND") - 4
+    moved = rest[:end] + chunk + rest[end:]
+    assert moved.index(b"eXIf") > moved.index(b"IDAT")
+    meta = read_metadata(moved)
+    assert meta.latitude == pytest.approx(-33.8588, abs=1e-4) and meta.longitude == pytest.approx(151.2112, abs=1e-4)
+    assert read_metadata(data).latitude == pytest.approx(-33.8588, abs=1e-4)  # and before the pixels

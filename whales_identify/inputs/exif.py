@@ -75,11 +75,37 @@ def read_position(gps: dict[int, Any]) -> tuple[float | None, float | None, str]
     return latitude, longitude, ""
 
 
+def _png_exif_chunk(data: bytes) -> bytes | None:
+    """The body of a PNG's eXIf chunk, found by walking the chunks (no pixel is decompressed)."""
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        if kind == b"eXIf":
+            return data[position + 8 : position + 8 + length]
+        if kind == b"IEND":
+            return None
+        position += 12 + length
+    return None
+
+
+def _exif_without_decoding(image: Image.Image, data: bytes) -> Image.Exif:
+    """The EXIF block, never decoding the picture: Pillow's PNG ``getexif`` loads every pixel when the
+    eXIf chunk comes after the image data (a 59 MP PNG: +226 MB just to look for a date)."""
+    if image.format != "PNG":
+        return image.getexif()
+    exif = Image.Exif()
+    raw = image.info.get("exif") or _png_exif_chunk(data)
+    if raw:
+        exif.load(raw)
+    return exif
+
+
 def read_metadata(data: bytes) -> PhotoMetadata:
-    """EXIF date and GPS position; empty for files without them or unreadable EXIF."""
+    """EXIF date and GPS position; empty for files without them or unreadable EXIF. No pixel is decoded."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            exif = image.getexif()
+            exif = _exif_without_decoding(image, data)
             taken = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal) or exif.get(
                 ExifTags.Base.DateTime
             )
