@@ -51,6 +51,7 @@ from whales_identify.inputs.archive import (
     zip_entry_names,
     zip_skip_reason,
 )
+from whales_identify.inputs.text import csv_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     from whales_identify.matching.gallery import Gallery
@@ -193,9 +194,10 @@ class IdentifyActor:
 
 
 def csv_cells(row: BatchRow) -> dict[str, str]:
-    """A row as the text ``csv.DictWriter`` would write (None → empty), so both engines' files match."""
+    """A row as the text ``csv.DictWriter`` would write (None → empty), so both engines' files match;
+    every cell through ``csv_safe``, as ``batch.local.write_csv`` does (file names and ids come from users)."""
     record = row.to_record()
-    return {column: "" if record[column] is None else str(record[column]) for column in CSV_COLUMNS}
+    return {column: "" if record[column] is None else str(csv_safe(str(record[column]))) for column in CSV_COLUMNS}
 
 
 def to_columns(rows: Iterable[BatchRow]) -> dict[str, list[str]]:
