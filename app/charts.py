@@ -5,13 +5,19 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from app.view_model import top5_frame
+from app.view_model import short_id, top5_frame
 from whales_identify.matching.results import Identification
+from whales_identify.world import box_corners, land, view_box
 
 OCEAN = "#0b6e99"
 OCEAN_LIGHT = "#9cc9dd"
 AMBER = "#e8910c"
 AMBER_LIGHT = "#f6cf94"
+GREY = "#8a9ba5"
+SEA = "#dcecf3"
+LAND = "#efe9dc"
+COAST = "#a9a08c"
+MAP_LABELS_UP_TO = 30  # more positions than this: tooltips only, labels would pile up
 ROLE_COLOURS = {
     "Answer: Catalogue individual": OCEAN,
     "Catalogue individual": OCEAN_LIGHT,
@@ -30,7 +36,8 @@ def top5_chart(result: Identification, height: int = 230) -> alt.Chart:
     order = frame.sort_values("probability", ascending=False)["label"].tolist()
     colours = alt.Scale(domain=list(ROLE_COLOURS), range=list(ROLE_COLOURS.values()))
     base = alt.Chart(frame).encode(
-        y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=260)),
+        # Labels are short ids (view_model.short_id): a UUID never squeezes the bars; the tooltip has it whole.
+        y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=200)),
         x=alt.X(
             "probability:Q",
             title="Probability",
@@ -58,7 +65,7 @@ def score_chart(result: Identification, threshold: float, height: int = 200) -> 
         alt.Chart(frame)
         .mark_bar(color=OCEAN_LIGHT, cornerRadiusEnd=3)
         .encode(
-            y=alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=260)),
+            y=alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=200)),
             x=alt.X(
                 "score:Q",
                 title="Similarity score (cosine)",
@@ -109,8 +116,40 @@ def confidence_histogram(frame: pd.DataFrame) -> alt.Chart:
                 "answer_kind:N",
                 title=None,
                 legend=alt.Legend(orient="bottom"),
-                scale=alt.Scale(domain=["Known individual", "New individual"], range=[OCEAN, AMBER]),
+                scale=alt.Scale(
+                    domain=["Known individual", "New individual", "Not a whale or dolphin"], range=[OCEAN, AMBER, GREY]
+                ),
             ),
         )
         .properties(height=220)
     )
+
+
+def positions_map(frame: pd.DataFrame, height: int = 420) -> alt.LayerChart:
+    """The photos' GPS positions on an offline world outline (``whales_identify.world``), framed to the
+    positions (one point: the region around it; points oceans apart: all of them), each labelled."""
+    located = frame.dropna(subset=["lat", "lon"]).copy()
+    located["place"] = located["file"].map(lambda f: short_id(str(f).rsplit("/", 1)[-1], 24))
+    box = view_box(located["lat"].tolist(), located["lon"].tolist())
+    fit = {"type": "Feature", "geometry": box_corners(box), "properties": {}}
+    sea = alt.Chart(alt.sphere()).mark_geoshape(fill=SEA, stroke=None, clip=True)
+    coast = alt.Chart(alt.Data(values=land(), format=alt.DataFormat(property="features", type="json"))).mark_geoshape(
+        fill=LAND, stroke=COAST, strokeWidth=0.7, clip=True
+    )
+    base = alt.Chart(located).encode(longitude="lon:Q", latitude="lat:Q")
+    points = base.mark_circle(size=90, color=AMBER, stroke="#7a4a06", strokeWidth=1, opacity=0.95, clip=True).encode(
+        tooltip=[
+            alt.Tooltip("file:N", title="File"),
+            alt.Tooltip("individual:N", title="Individual"),
+            alt.Tooltip("species:N", title="Species"),
+            alt.Tooltip("taken_at:N", title="Taken"),
+            alt.Tooltip("lat:Q", title="Latitude", format=".5f"),
+            alt.Tooltip("lon:Q", title="Longitude", format=".5f"),
+        ]
+    )
+    layers: list[alt.Chart] = [sea, coast, points]
+    if len(located) <= MAP_LABELS_UP_TO:
+        layers.append(
+            base.mark_text(align="left", dx=7, dy=-6, fontSize=11, color="#0d2a3a", clip=True).encode(text="place:N")
+        )
+    return alt.layer(*layers).properties(height=height, width="container").project(type="equirectangular", fit=fit)

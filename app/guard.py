@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from app.view_model import md_escape
 from whales_identify.errors import ModelLoadError, WhaleIdError
 
 log = logging.getLogger("whales_identify.app")
@@ -20,12 +21,12 @@ def run_guarded(body: Callable[[], None]) -> None:
         body()
     except ModelLoadError as exc:
         st.error(
-            f"**The model could not be loaded:** {exc}\n\n"
+            f"**The model could not be loaded:** {md_escape(exc)}\n\n"
             "Check that `models/whale_id.pt`, `models/catalogue.npz` and `models/inference.yaml` exist "
             "(see *About the model* for using your own checkpoint), then reload the page."
         )
     except WhaleIdError as exc:
-        st.error(f"{exc}")
+        st.error(md_escape(exc))  # messages quote file names and ids: shown literally
     except Exception as exc:
         ref = uuid.uuid4().hex[:8]
         log.error("unexpected error [%s]: %s\n%s", ref, exc, traceback.format_exc())

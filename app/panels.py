@@ -12,8 +12,8 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from app.charts import score_chart
-from app.view_model import percent, species_label
+from app.charts import positions_map, score_chart
+from app.view_model import md_escape, percent, position_text, rejection_text, short_id, species_label, taken_text
 from whales_identify.inputs.exif import PhotoMetadata
 from whales_identify.matching.results import Identification
 from whales_identify.model.mask import Box, crop_to_box, overlay
@@ -23,22 +23,24 @@ CARD_STYLE = "font-size:1.55rem;font-weight:600;line-height:1.25;overflow-wrap:a
 
 
 def card(label: str, value: str, note: str = "", key: str | None = None) -> None:
-    """A bordered label/value card whose value wraps instead of being cut off (unlike st.metric)."""
+    """A bordered label/value card whose value wraps instead of being cut off (unlike st.metric).
+
+    All three are plain text (ids, names, dates): shown literally, never as Markdown or HTML."""
     with st.container(border=True, key=key):
-        st.caption(label)
+        st.caption(md_escape(label))
         st.markdown(
             f"<div style='{CARD_STYLE}'>{html.escape(value)}</div>",
             unsafe_allow_html=True,
         )
         if note:
-            st.caption(note)
+            st.caption(md_escape(note))
 
 
 def answer_header(result: Identification) -> None:
     """Species with probability, then the individual or the new-individual badge."""
     if result.rejected:
         st.warning(
-            f"**No whale or dolphin found.** The model says {result.rejection_reason}. "
+            f"**No whale or dolphin found:** {md_escape(rejection_text(result))}. "
             "Use a photo in which a fin, fluke, head or flank is clearly visible and fills a good part of the frame."
         )
         return
@@ -66,7 +68,7 @@ def answer_header(result: Identification) -> None:
     best = result.best
     if not result.new_individual and best is not None and best.species and best.species != result.species:
         st.caption(
-            f"Note: the closest catalogue individual, {best.individual_id}, is catalogued as "
+            f"Note: the closest catalogue individual, {md_escape(best.individual_id)}, is catalogued as "
             f"{species_label(best.species).lower()}; the species above comes from the photo itself. Check both."
         )
 
@@ -93,14 +95,16 @@ def side_by_side(image: Image.Image, box: Box | None, result: Identification, th
         return
     st.subheader("Compare with the catalogue")
     query = crop_to_box(image, box)
-    tabs = st.tabs([f"#{i} {c.individual_id}" for i, c in enumerate(result.top5, start=1)])
+    tabs = st.tabs([md_escape(f"#{i} {short_id(c.individual_id)}") for i, c in enumerate(result.top5, start=1)])
     for tab, candidate in zip(tabs, result.top5, strict=True):
         with tab:
             left, right = st.columns(2)
             left.image(query, caption="This photo", width=COMPARE_WIDTH)
             thumb = thumbnails.get(candidate.individual_id)
             if thumb:
-                right.image(thumb, caption=f"{candidate.individual_id} in the catalogue", width=COMPARE_WIDTH)
+                right.image(
+                    thumb, caption=md_escape(f"{candidate.individual_id} in the catalogue"), width=COMPARE_WIDTH
+                )
             else:
                 right.info("No catalogue photo stored for this individual.")
             st.caption(
@@ -109,26 +113,39 @@ def side_by_side(image: Image.Image, box: Box | None, result: Identification, th
             )
 
 
-def metadata_block(meta: PhotoMetadata) -> None:
-    """The photo's EXIF date and GPS position, with a small map when it has one."""
+def metadata_block(meta: PhotoMetadata, name: str = "") -> None:
+    """The photo's EXIF date and GPS position, whole (cards wrap; st.metric cut them off), with an offline
+    map of the position when it has one."""
     if not meta.taken_at and meta.latitude is None:
         st.caption("No date or GPS position in this photo's EXIF data.")
         return
-    cols = st.columns(3)
-    cols[0].metric("Taken", meta.taken_at or "—")
+    left, right = st.columns([2, 3])
+    with left:
+        card("Taken", taken_text(meta), key="card_taken")
+    with right:
+        card("Position (GPS)", position_text(meta.latitude, meta.longitude), key="card_position")
     if meta.latitude is not None and meta.longitude is not None:
-        cols[1].metric("Latitude", f"{meta.latitude:.5f}")
-        cols[2].metric("Longitude", f"{meta.longitude:.5f}")
-        st.map(pd.DataFrame({"lat": [meta.latitude], "lon": [meta.longitude]}), zoom=6, height=260)
+        frame = pd.DataFrame(
+            {
+                "lat": [meta.latitude],
+                "lon": [meta.longitude],
+                "file": [name],
+                "individual": [""],
+                "species": [""],
+                "taken_at": [meta.taken_at],
+            }
+        )
+        with st.container(key="identify_map"):
+            st.altair_chart(positions_map(frame, height=240), width="stretch")
 
 
 def mask_view(image: Image.Image, mask: Image.Image | None, box: Box | None, key: str, caption: str = "") -> None:
     """The photo with the mask overlay; opacity slider and box toggle (no recomputation)."""
     if mask is None:
-        st.image(image, caption=caption or None, width="stretch")
+        st.image(image, caption=md_escape(caption) if caption else None, width="stretch")
         return
     c1, c2 = st.columns([3, 1])
     opacity = c1.slider("Mask opacity", 0.0, 1.0, 0.4, 0.05, key=f"{key}_opacity")
     show_box = c2.toggle("Show box", value=True, key=f"{key}_box")
     shown = overlay(image, mask, opacity, box=box if show_box else None)
-    st.image(shown, caption=caption or None, width="stretch")
+    st.image(shown, caption=md_escape(caption) if caption else None, width="stretch")

@@ -24,6 +24,7 @@ import streamlit as st
 from PIL import Image
 
 from app.config import AppConfig
+from app.view_model import md_escape, species_label
 from whales_identify.batch.local import BatchRow
 from whales_identify.catalog.store import default_path
 from whales_identify.errors import WhaleIdError
@@ -80,6 +81,16 @@ class BatchState:
     # file -> (preview, its mask or None, why there is none): computed when a row is first looked at
     masks: dict[str, tuple[Image.Image, AnimalMask | None, str]] = field(default_factory=dict)
     table_pick: str | None = None  # the file last clicked in the table (the "Look closer at" box follows it)
+    photos: int = 0  # photos the uploads hold (files to read, skipped members not counted)
+    files: int = 0  # rows expected in all: photos, skipped members and files refused up front
+    finished: bool = False  # every row arrived
+    stopped: str = ""  # why it ended early ("you pressed Stop", "the page was left or reloaded")
+    refused: int = 0  # files refused before reading (too large, damaged ZIP): rows, but not photos
+
+    @property
+    def photos_done(self) -> int:
+        """Photos identified so far (rows of photos read, ok or failed; not skipped members)."""
+        return sum(1 for row in self.rows if row.status != "skipped") - self.refused
 
 
 # --- session state ---------------------------------------------------------------------------------
@@ -172,7 +183,7 @@ def photo_result(name: str, data: bytes) -> PhotoResult:
         store.move_to_end(key)
         return store[key]
     identifier = get_identifier()
-    with st.spinner(f"Identifying {name}…"):
+    with st.spinner(f"Identifying {md_escape(name)}…"):
         result = analyse_photo(identifier, name, data)
     store[key] = result
     while len(store) > app_config().results_kept:
@@ -195,9 +206,8 @@ def examples() -> list[tuple[str, Path]]:
         for row in frame.to_dict("records"):
             path = folder / str(row.get("image", ""))
             if path.is_file():
-                species = str(row.get("species", "")).replace("_", " ")
                 who = str(row.get("individual_id", "")) or "unknown individual"
-                label = f"{species.capitalize()} · {who}"
+                label = f"{species_label(str(row.get('species', '')))} · {who}"
                 if any(label == seen for seen, _ in found):
                     label = f"{label} ({path.name})"
                 found.append((label, path))

@@ -8,17 +8,66 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pandas as pd
 
 from whales_identify.batch.local import BatchRow
-from whales_identify.config import IMAGE_SUFFIXES, NEW_INDIVIDUAL, InferenceConfig, is_cetacean
+from whales_identify.config import IMAGE_SUFFIXES, NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig, is_cetacean
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.exif import PhotoMetadata
 from whales_identify.inputs.imaging import decode_image, encode_jpeg
+from whales_identify.inputs.text import csv_safe
 from whales_identify.matching.results import Identification
 
 NEW_LABEL = "New individual (not in catalogue)"
+ANONYMOUS = "anonymous (app)"  # the audit log's actor when the name field is left blank
+ID_LABEL_CHARS = 18  # chart and tab labels: longer ids (UUIDs) are shortened, the full id in the tooltip
+
+
+# --- untrusted text on a page ---------------------------------------------------------------------
+# Streamlit renders st.markdown, captions, alerts, labels, tabs and image captions as Markdown (plus
+# :emoji: shortcodes, :material/icons:, :color[directives], $LaTeX$ and GFM's bare-URL and e-mail links).
+# Every id, name, file name, EXIF text and error message that quotes them goes through md_escape first,
+# so it shows literally.
+_MD_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:&=^\"'/%@,;?])")
+_WWW = re.compile(r"(?i)(www)(?=\.)")
+WORD_JOINER = "\u2060"  # invisible and not a word character: breaks a pattern without showing anything
+
+
+def md_escape(text: object) -> str:
+    """``text`` as literal Markdown: every ASCII punctuation backslash-escaped (CommonMark shows it as
+    itself: no links, images, emphasis, HTML, lists or headings) and line breaks made spaces. What
+    Streamlit matches after unescaping (``:shortcodes:``, bare ``http://``, ``www.`` and ``a@b.c``
+    links) is broken by an invisible word joiner after each ``:``, before each ``@`` and after ``www``."""
+    flat = " ".join(str(text).splitlines())
+    flat = flat.replace(":", ":" + WORD_JOINER).replace("@", WORD_JOINER + "@")
+    flat = _WWW.sub(lambda m: m.group(1) + WORD_JOINER, flat)
+    return _MD_PUNCTUATION.sub(r"\\\1", flat)
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """'1 photo', '2 photos', '1,024 individuals' (``plural_form`` for irregular words)."""
+    word = singular if count == 1 else (plural_form or singular + "s")
+    return f"{count:,} {word}"
+
+
+def actor_name(typed: str) -> str:
+    """The audit log's actor: what the user typed, else ``ANONYMOUS`` (never the server's OS user)."""
+    return typed.strip() or ANONYMOUS
+
+
+def short_id(individual_id: str, limit: int = ID_LABEL_CHARS) -> str:
+    """A long id shortened in the middle for a label ('16d659a0-e…1b2722fbf5b6'); short ids unchanged."""
+    if len(individual_id) <= limit:
+        return individual_id
+    head = (limit - 1) // 2
+    return f"{individual_id[:head]}…{individual_id[-(limit - 1 - head) :]}"
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """A table as a CSV to download, every cell through the package's ``csv_safe`` (formula injection)."""
+    return frame.map(csv_safe).to_csv(index=False)
 
 
 # --- accepted uploads ---------------------------------------------------------------------------
@@ -39,10 +88,57 @@ def formats_text() -> str:
 
 
 # --- formatting ---------------------------------------------------------------------------------
+# Words of species names that are proper nouns or possessives, as a field guide spells them.
+SPECIES_WORDS = {
+    "atlantic": "Atlantic",
+    "pacific": "Pacific",
+    "indian": "Indian",
+    "arctic": "Arctic",
+    "antarctic": "Antarctic",
+    "mediterranean": "Mediterranean",
+    "amazon": "Amazon",
+    "irrawaddy": "Irrawaddy",
+    "ganges": "Ganges",
+    "chilean": "Chilean",
+    "brydes": "Bryde's",
+    "commersons": "Commerson's",
+    "cuviers": "Cuvier's",
+    "rissos": "Risso's",
+    "frasers": "Fraser's",
+    "dalls": "Dall's",
+    "hectors": "Hector's",
+    "heavisides": "Heaviside's",
+    "peales": "Peale's",
+    "blainvilles": "Blainville's",
+    "sowerbys": "Sowerby's",
+    "omuras": "Omura's",
+    "rices": "Rice's",
+    "trues": "True's",
+    "gervais": "Gervais'",
+    "hubbs": "Hubbs'",
+    "stejnegers": "Stejneger's",
+    "bairds": "Baird's",
+    "longmans": "Longman's",
+}
+_COMPOUND = re.compile(r"^(long|short|melon|white|rough|bottle|spade|strap|pygmy)$")
+_SECOND = re.compile(r"^(finned|headed|sided|beaked|toothed|nosed|backed|bellied|bill)$")
+
+
 def species_label(name: str) -> str:
+    """'north_atlantic_right_whale' → 'North Atlantic right whale'; 'long_finned_pilot_whale' →
+    'Long-finned pilot whale'; 'brydes_whale' → "Bryde's whale"; the negative class as a phrase."""
     if not is_cetacean(name):
         return "Not a whale or dolphin"
-    return name.replace("_", " ").capitalize() if name else "—"
+    if not name:
+        return "—"
+    words: list[str] = []
+    for word in name.split("_"):
+        if words and _SECOND.match(word) and _COMPOUND.match(words[-1].lower()):
+            words[-1] = f"{words[-1]}-{word}"
+        else:
+            words.append(SPECIES_WORDS.get(word, word))
+    text = " ".join(words)
+    return text[0].upper() + text[1:]
 
 
 def cetacean_species(names: list[str]) -> list[str]:
@@ -52,6 +148,44 @@ def cetacean_species(names: list[str]) -> list[str]:
 
 def percent(p: float | None) -> str:
     return "—" if p is None else f"{100 * p:.1f} %"
+
+
+def not_cetacean_probability(result: Identification) -> float | None:
+    """For a rejected photo, the probability that it shows no whale or dolphin (the rejection's own number)."""
+    if not result.rejected:
+        return None
+    if result.species == NON_CETACEAN:
+        return result.species_probability
+    return result.species_probabilities.get(NON_CETACEAN)
+
+
+def rejection_text(result: Identification) -> str:
+    """Why a photo was rejected, with the same quantity and format as the results table."""
+    p = not_cetacean_probability(result)
+    if p is None:
+        return result.rejection_reason or "this does not look like a whale or dolphin"
+    return f"{percent(p)} probability that it shows no whale or dolphin"
+
+
+def answer_probability(row: BatchRow) -> float | None:
+    """The probability of a row's answer: the individual's (or new individual's), or for a rejected
+    photo the probability that it shows no whale or dolphin (never a leftover candidate's)."""
+    if row.status == "ok" and row.rejected and row.result is not None:
+        return not_cetacean_probability(row.result)
+    return row.probability
+
+
+def taken_text(meta: PhotoMetadata) -> str:
+    return meta.taken_at or "—"
+
+
+def position_text(latitude: float | None, longitude: float | None) -> str:
+    """'20.80512° N, 156.33127° W' (whole, five decimals: about a metre); '—' without a position."""
+    if latitude is None or longitude is None:
+        return "—"
+    north = "N" if latitude >= 0 else "S"
+    east = "E" if longitude >= 0 else "W"
+    return f"{abs(latitude):.5f}° {north}, {abs(longitude):.5f}° {east}"
 
 
 def duration(seconds: float) -> str:
@@ -94,7 +228,7 @@ def top5_frame(result: Identification) -> pd.DataFrame:
     answer = result.answer
     rows = [
         {
-            "label": f"#{rank} {c.individual_id}",
+            "label": f"#{rank} {short_id(c.individual_id)}",
             "individual": c.individual_id,
             "probability": c.probability,
             "score": c.score,
@@ -140,7 +274,7 @@ def row_status(row: BatchRow) -> str:
     """One readable cell: ok, or what went wrong with this file."""
     if row.status == "ok":
         if row.rejected and row.result is not None:
-            return f"rejected — {row.result.rejection_reason}"
+            return f"rejected — {rejection_text(row.result)}"
         return "ok"
     return f"{row.status.upper()} — {row.error}"
 
@@ -159,14 +293,17 @@ def batch_frame(rows: list[BatchRow], thumbnails: dict[str, str]) -> pd.DataFram
                 "individual": ("New individual" if row.new_individual else row.individual_id)
                 if ok and not row.rejected
                 else ("—" if ok else ""),
-                "probability": row.probability,
+                "probability": answer_probability(row),
                 "new_individual": bool(row.new_individual) if ok else None,
+                "rejected": bool(row.rejected) if ok else False,
                 "taken_at": row.taken_at,
                 "lat": row.latitude,
                 "lon": row.longitude,
                 "status": row_status(row),
                 "outcome": row.status,
-                "answer_kind": "New individual" if row.new_individual else "Known individual",
+                "answer_kind": "Not a whale or dolphin"
+                if row.rejected
+                else ("New individual" if row.new_individual else "Known individual"),
                 "species_label": species_label(row.species) if ok else "",
             }
         )
@@ -186,12 +323,15 @@ def filter_batch(frame: pd.DataFrame, species: list[str], minimum: float, new_on
 
 
 def batch_counts(frame: pd.DataFrame) -> dict[str, int]:
-    """Files, known and new individuals, errors or skipped files, and photos identified."""
+    """Files, known and new individuals, photos rejected (no whale or dolphin), errors or skipped files,
+    and photos identified."""
     ok = frame[frame["outcome"] == "ok"]
+    kept = ok[~ok["rejected"]]
     return {
         "files": len(frame),
-        "known": int((ok["new_individual"] == False).sum()),  # noqa: E712 - a column, not a bool
-        "new": int((ok["new_individual"] == True).sum()),  # noqa: E712
+        "known": int((kept["new_individual"] == False).sum()),  # noqa: E712 - a column, not a bool
+        "new": int((kept["new_individual"] == True).sum()),  # noqa: E712
+        "rejected": int(ok["rejected"].sum()),
         "failed": int(frame["outcome"].isin(["error", "skipped"]).sum()),
         "ok": len(ok),
     }

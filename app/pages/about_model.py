@@ -11,9 +11,31 @@ from app import view_model as vm
 from app.guard import run_guarded
 from app.state import app_config, get_identifier
 
+SUMMARY = """
+**What it does.** You give it a photo of a dorsal fin, a tail fluke, a head or a flank. It tells you
+which species it most likely shows, and compares the animal with every photo in the catalogue: the five
+known individuals that look most alike, each with a probability, or *new individual* when none is close
+enough. Everything runs on this computer; photos never leave it.
+
+**How to use the answer.** Treat the top 5 as a **shortlist to check by eye**, not a verdict: look at
+your photo beside each candidate's catalogue photo (*Compare with the catalogue*) and confirm the match
+yourself before saving it. The species is usually right; the exact individual much less often, and least
+for species with few catalogue photos. A low probability means *look carefully*, not *wrong*.
+
+**What it cannot do.** It only knows the individuals in the catalogue: an animal never photographed
+before can only be *new individual*. Blurred, distant or back-lit photos, and photos where the animal
+fills little of the frame, give weaker answers. A photo with no whale or dolphin is refused.
+
+**How well it works** is measured on photos it never saw while learning: see the model card below
+(the numbers, how they were measured, and what would improve them).
+"""
+
 
 def body() -> None:
     st.title("About the model")
+    st.subheader("In short, for biologists")
+    st.markdown(SUMMARY)
+    st.subheader("The model in detail")
     config = app_config()
     identifier = get_identifier()
     c = identifier.config
@@ -38,7 +60,8 @@ def body() -> None:
             hide_index=True,
             width="stretch",
         )
-        st.caption("Species the model knows: " + ", ".join(vm.species_label(s) for s in identifier.species_names))
+        known = vm.cetacean_species(identifier.species_names)
+        st.caption("Species the model knows: " + ", ".join(vm.species_label(s) for s in known))
 
     card = Path(config.model_card)
     if card.is_file():

@@ -18,8 +18,23 @@ from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import ArchiveEntry, is_image_name, iter_photos, list_zip, open_zip
 
 
+def _count_photos(files) -> int:
+    """Photos the uploads hold (a ZIP's directory is read, no photo): for the button and the progress."""
+    count = 0
+    for item in files:
+        if is_image_name(item.name):
+            count += 1
+            continue
+        try:
+            with open_zip(io.BytesIO(item.getvalue())) as archive:
+                count += sum(1 for *_, skip in list_zip(archive) if not skip)
+        except WhaleIdError:
+            continue
+    return count
+
+
 def _plan(files) -> tuple[list, list[BatchRow], int]:
-    """Sources to read, rows for whole files refused up front, and the number of photos expected."""
+    """Sources to read, rows for whole files refused up front, and the number of rows expected."""
     config = app_config()
     limit = config.max_batch_upload_mb * 1024 * 1024
     sources, refused, total = [], [], 0
@@ -75,35 +90,67 @@ def _zip_entries(prefix: str, item) -> Iterator[ArchiveEntry]:
 
 
 def _run(files, signature: tuple[tuple[str, int, str], ...]) -> BatchState:
+    """Identify the uploads, row by row, into a BatchState kept in the session from the first row on:
+    leaving the page, reloading or pressing Stop ends the run (Streamlit interrupts the script at its
+    next call) and what was done so far stays, with what happened."""
     config = app_config()
     identifier = get_identifier()
     sources, rows, total = _plan(files)
-    batch = BatchState(signature=signature, rows=rows)
+    batch = BatchState(signature=signature, rows=rows, refused=len(rows), photos=_count_photos(files))
+    batch.files = total + len(rows)
+    set_batch_state(batch)  # partial results survive whatever ends this run
     stash: dict[str, bytes] = {}
     total = max(total, 1)
-    bar = st.progress(0.0, text=f"0 / {total} photos")
+    bar = st.progress(0.0, text=f"0 / {vm.plural(total, 'file')}")
+    stop_slot = st.empty()  # the Stop button, there while the batch runs
+    stop_slot.button(
+        "Stop",
+        icon=":material/stop_circle:",
+        key="batch_stop",
+        help="Stop after the photo being identified; the results so far are kept.",
+    )
     start = time.perf_counter()
 
     def on_row(row: BatchRow) -> None:
         rows.append(row)
+        batch.seconds = time.perf_counter() - start
         preview, thumb = vm.preview_and_thumbnail(
             stash.pop(row.file, None), config.preview_long_side, config.thumbnail_px
         )
         if preview and thumb:
             batch.previews[row.file], batch.thumbnails[row.file] = preview, thumb
-        done = len(rows)
+        done = len(rows) - batch.refused
         elapsed = time.perf_counter() - start
-        left = elapsed / done * max(total - done, 0)
-        bar.progress(
+        left = elapsed / max(done, 1) * max(total - done, 0)
+        bar.progress(  # where Streamlit raises when the user pressed Stop or left the page
             min(done / total, 1.0),
-            text=f"{done} / {total} photos · {vm.duration(elapsed)} elapsed · about {vm.duration(left)} left",
+            text=f"{done} / {total} files · {vm.duration(elapsed)} elapsed · about {vm.duration(left)} left",
         )
 
-    for _ in identify_entries(identifier, _entries(sources, stash), on_row=on_row):
-        pass
-    batch.seconds = time.perf_counter() - start
-    bar.progress(1.0, text=f"Done: {len(rows)} files in {vm.duration(batch.seconds)}")
+    stream = identify_entries(identifier, _entries(sources, stash), on_row=on_row)
+    try:
+        for _ in stream:
+            pass
+    except BaseException:  # StopException / RerunException (Stop, another page, reload), or a real error
+        batch.stopped = "the page was left or reloaded before the end"  # the next run may say Stop instead
+        raise
+    finally:
+        stream.close()  # the package drops its queued work and gives numpy its threads back
+        batch.seconds = time.perf_counter() - start
+    batch.finished = True
+    stop_slot.empty()
+    bar.progress(1.0, text=f"Done: {vm.plural(len(rows), 'file')} in {vm.duration(batch.seconds)}")
     return batch
+
+
+def _outcome(batch: BatchState) -> None:
+    """What happened to a batch that did not finish: how far it got, and that its rows are kept."""
+    if batch.finished or not batch.stopped:
+        return
+    st.warning(
+        f"**Stopped after {batch.photos_done} of {vm.plural(batch.photos, 'photo')}** ({batch.stopped}). "
+        "The results so far are below; press **Identify** to run the whole batch again."
+    )
 
 
 def _filters(frame: pd.DataFrame) -> pd.DataFrame:
@@ -155,9 +202,9 @@ def _table(shown: pd.DataFrame):
 
 
 def _detail(batch: BatchState, row: BatchRow) -> None:
-    st.subheader(row.file)
+    st.subheader(vm.md_escape(row.file))
     if row.status != "ok" or row.result is None:
-        st.error(f"**{row.status.capitalize()}:** {row.error}")
+        st.error(f"**{row.status.capitalize()}:** {vm.md_escape(row.error)}")
         return
     left, right = st.columns([1.1, 1], gap="large")
     with left:
@@ -165,7 +212,7 @@ def _detail(batch: BatchState, row: BatchRow) -> None:
         if masked is not None:
             image, mask, mask_error = masked
             if mask_error:
-                st.caption(f"Animal mask unavailable: {mask_error}")
+                st.caption(f"Animal mask unavailable: {vm.md_escape(mask_error)}")
             panels.mask_view(image, mask and mask.mask, mask and mask.box, key="batch_detail")
     with right:
         panels.answer_header(row.result)
@@ -176,13 +223,14 @@ def _detail(batch: BatchState, row: BatchRow) -> None:
 
 def _summary(batch: BatchState, frame: pd.DataFrame) -> None:
     counts = vm.batch_counts(frame)
-    cols = st.columns(5)
+    cols = st.columns(6)
     cols[0].metric("Files", counts["files"], border=True)
     cols[1].metric("Known individuals", counts["known"], border=True)
     cols[2].metric("New individuals", counts["new"], border=True)
-    cols[3].metric("Errors / skipped", counts["failed"], border=True)
+    cols[3].metric("Rejected", counts["rejected"], help="Photos showing no whale or dolphin", border=True)
+    cols[4].metric("Errors / skipped", counts["failed"], border=True)
     per = batch.seconds / max(counts["ok"], 1)
-    cols[4].metric(
+    cols[5].metric(
         "Time", vm.duration(batch.seconds), f"{per:.2f} s per photo", delta_color="off", delta_arrow="off", border=True
     )
 
@@ -223,15 +271,16 @@ def body() -> None:
         max_upload_size=config.max_batch_upload_mb,
     )
     batch = batch_state()
+    if batch is not None and not batch.finished and st.session_state.get("batch_stop"):
+        batch.stopped = "you pressed Stop"  # this run was caused by the Stop button, which ended the batch
     if files:
         signature = tuple((f.name, f.size, getattr(f, "file_id", "")) for f in files)
-        if batch is None or batch.signature != signature:
-            n = len(files)
-            label = f"Identify {n} file{'s' if n > 1 else ''}"
+        if batch is None or batch.signature != signature or not batch.finished:
+            photos = _count_photos(files)
+            label = f"Identify {vm.plural(photos, 'photo')}" if photos else f"Identify {vm.plural(len(files), 'file')}"
             if st.button(label, type="primary", icon=":material/play_arrow:", key="batch_start"):
                 batch = _run(files, signature)
-                set_batch_state(batch)
-            elif batch is not None:
+            elif batch is not None and batch.signature != signature:
                 st.caption(
                     "New files selected: press the button to identify them (the table below is the previous batch)."
                 )
@@ -242,6 +291,7 @@ def body() -> None:
                 "You will get a table you can filter, charts, a map when the photos carry GPS positions, and a CSV."
             )
         return
+    _outcome(batch)
     frame = vm.batch_frame(batch.rows, batch.thumbnails)
     _summary(batch, frame)
 
@@ -270,11 +320,12 @@ def body() -> None:
         with c2:
             st.markdown("**Confidence**")
             st.altair_chart(charts.confidence_histogram(ok.dropna(subset=["probability"])), width="stretch")
-        located = frame.dropna(subset=["lat", "lon"])
-        if len(located):
-            st.markdown(f"**Where** ({len(located)} photo{'s' if len(located) > 1 else ''} with GPS)")
-            st.map(located[["lat", "lon"]], zoom=4, color=charts.AMBER, size=2000)
-            st.caption("The background map needs an internet connection; the positions are plotted without it.")
+    located = frame.dropna(subset=["lat", "lon"])
+    if len(located):
+        st.markdown(f"**Where** ({vm.plural(len(located), 'photo')} with GPS)")
+        with st.container(key="batch_map"):
+            st.altair_chart(charts.positions_map(located), width="stretch")
+        st.caption("Coastlines: Natural Earth 1:110m, drawn offline. Hover a point for its file, individual and date.")
 
 
 run_guarded(body)

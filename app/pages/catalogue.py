@@ -39,7 +39,7 @@ def _browse(shared) -> None:
         thumbnail=shown["id"].map(lambda i: vm.data_url(thumbs.get(i))),
         species_name=shown["species"].map(vm.species_label),
     )
-    st.caption(f"{len(shown):,} of {len(frame):,} individuals")
+    st.caption(f"{len(shown):,} of {vm.plural(len(frame), 'individual')}")
     st.dataframe(
         shown,
         hide_index=True,
@@ -58,6 +58,14 @@ def _browse(shared) -> None:
             "origin": st.column_config.TextColumn("Origin", help="bundled: shipped with the model; user: added here"),
         },
     )
+    st.download_button(
+        "Individuals (CSV)",
+        vm.csv_text(shown[["id", "species", "name", "n_photos", "last_seen", "origin"]]),
+        file_name="whale_catalogue_individuals.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        on_click="ignore",
+    )
     if shown.empty:
         return
     picked = st.selectbox("Look at an individual", shown["id"].tolist(), key="cat_pick")
@@ -65,8 +73,10 @@ def _browse(shared) -> None:
     left, right = st.columns([1, 3])
     with left:
         if thumbs.get(picked):
-            st.image(thumbs[picked], caption=picked, width="stretch")
-        panels.card("Species", vm.species_label(row["species"]), f"{row['n_photos']} photo(s) · {row['origin']}")
+            st.image(thumbs[picked], caption=vm.md_escape(picked), width="stretch")
+        panels.card(
+            "Species", vm.species_label(row["species"]), f"{vm.plural(int(row['n_photos']), 'photo')} · {row['origin']}"
+        )
     with right:
         own = catalog.recent_photos(picked, limit=12)
         if own:
@@ -75,8 +85,9 @@ def _browse(shared) -> None:
             for i, image in enumerate(own):
                 cols[i % 4].image(
                     image["thumbnail"],
-                    caption=f"#{image['id']} {image['source_name'] or ''} "
-                    f"{image['taken_at'] or image['added_at'][:10]}",
+                    caption=vm.md_escape(
+                        f"#{image['id']} {image['source_name'] or ''} {image['taken_at'] or image['added_at'][:10]}"
+                    ),
                     width="stretch",
                 )
         elif row["origin"] == "bundled":
@@ -107,7 +118,12 @@ def _add_zip(shared) -> None:
             ["—", *species_names],
             format_func=lambda s: s if s == "—" else vm.species_label(s),
         )
-        actor = st.text_input("Your name (audit log)", value=st.session_state["actor"])
+        actor = st.text_input(
+            "Your name (audit log)",
+            value=st.session_state["actor"],
+            placeholder=vm.ANONYMOUS,
+            help=f"Left blank, the audit log records “{vm.ANONYMOUS}”.",
+        )
         submitted = st.form_submit_button("Add to catalogue", type="primary", icon=":material/upload:")
     if not submitted:
         return
@@ -116,20 +132,26 @@ def _add_zip(shared) -> None:
         return
     st.session_state["actor"] = actor
     try:
-        with st.spinner(f"Adding {upload.name}…"):
+        with st.spinner(f"Adding {vm.md_escape(upload.name)}…"):
             report = enrol_zip(
                 shared.catalog,
                 identifier,
                 io.BytesIO(upload.getvalue()),
-                actor=actor.strip() or None,
+                actor=vm.actor_name(actor),
                 species=None if species == "—" else species,
             )
     except EnrolmentError as exc:
-        st.error(f"Nothing was added. {exc}")
+        st.error(f"Nothing was added. {vm.md_escape(exc)}")
+        if any(row.message.startswith("no species for new individual") for row in exc.report.rows):
+            st.info(
+                "**To add new individuals, say their species:** choose it in *Species of new individuals* "
+                "above, or add a `species` column to the ZIP's CSV (`image,individual_id,species`, "
+                "e.g. `humpback_whale`)."
+            )
         st.dataframe(exc.report.to_frame(), hide_index=True, width="stretch")
         return
     services()
-    st.success(f"{upload.name}: {report.summary()}.")
+    st.success(f"{vm.md_escape(upload.name)}: {vm.md_escape(report.summary())}.")
     st.dataframe(report.to_frame(), hide_index=True, width="stretch")
 
 
@@ -144,7 +166,7 @@ def _audit(shared) -> None:
     )
     st.download_button(
         "Audit log (CSV)",
-        log.to_csv(index=False),
+        vm.csv_text(log[["at", "action", "individual_id", "actor", "details"]]),
         file_name="audit_log.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -163,7 +185,8 @@ def _exchange(shared) -> None:
         if st.session_state["cat_export"] is not None:
             data, counts = st.session_state["cat_export"]
             st.download_button(
-                f"Download export ({counts['individuals']} individuals, {counts['images']} photos)",
+                f"Download export ({vm.plural(counts['individuals'], 'individual')}, "
+                f"{vm.plural(counts['images'], 'photo')})",
                 data,
                 file_name="whale_catalogue_export.zip",
                 mime="application/zip",
@@ -180,12 +203,12 @@ def _exchange(shared) -> None:
                 st.error("Choose an export ZIP first.")
             else:
                 summary = import_catalog(
-                    shared.catalog, io.BytesIO(upload.getvalue()), actor=st.session_state["actor"] or None
+                    shared.catalog, io.BytesIO(upload.getvalue()), actor=vm.actor_name(st.session_state["actor"])
                 )
                 services()
                 st.success(
-                    f"Imported: {summary.individuals_created} new individuals, {summary.images_added} photos "
-                    f"({summary.duplicates} already present)."
+                    f"Imported: {vm.plural(summary.individuals_created, 'new individual')}, "
+                    f"{vm.plural(summary.images_added, 'photo')} ({summary.duplicates:,} already present)."
                 )
 
 
@@ -194,7 +217,7 @@ def body() -> None:
     shared = services()
     if shared.catalog is None:
         st.error(
-            f"The user catalogue cannot be opened: {shared.catalog_error}. "
+            f"The user catalogue cannot be opened: {vm.md_escape(shared.catalog_error)}. "
             "Identification still uses the bundled catalogue."
         )
         return
@@ -206,7 +229,7 @@ def body() -> None:
     cols[2].metric(
         "Added here",
         f"{stats['individuals']:,}",
-        f"{stats['images']:,} photos",
+        vm.plural(stats["images"], "photo"),
         delta_color="off",
         delta_arrow="off",
         border=True,
@@ -215,8 +238,8 @@ def body() -> None:
     stale = getattr(gallery, "stale", 0) + getattr(gallery, "stale_base", 0)
     if stale:
         st.warning(
-            f"{stale} photos were embedded by another model version; they are left out of searches until they "
-            "are re-embedded with the current model (`Catalog.reembed`)."
+            f"{vm.plural(stale, 'photo')} {'was' if stale == 1 else 'were'} embedded by another model version; "
+            "left out of searches until re-embedded with the current model (`Catalog.reembed`)."
         )
     tabs = st.tabs(["Individuals", "Add photos (ZIP)", "Audit log", "Export / import"])
     with tabs[0]:

@@ -16,6 +16,9 @@ def _choose_photo() -> tuple[str, bytes] | None:
     """The photo to show: the latest of upload, camera shot or example (kept across reruns)."""
     config = app_config()
     state = st.session_state
+    # Streamlit forgets a page's widgets when another page runs: the uploader's key is missing exactly
+    # when the user comes back from another page (it is there, None, when they cleared it here).
+    returning = "identify_upload" not in state
     uploaded = st.file_uploader(
         "Upload a photo of a whale or dolphin",
         type=vm.photo_types(),
@@ -42,18 +45,26 @@ def _choose_photo() -> tuple[str, bytes] | None:
             if state[seen_key] is not None:
                 state[seen_key] = None
                 active = state["identify_active"]
-                if active and active[0] == source:
+                # Emptied by the user (the x of the uploader, the camera turned off): forget the photo.
+                # Emptied because the page was left and Streamlit dropped the widget: keep showing it.
+                if active and active[0] == source and not returning:
                     state["identify_active"] = None
             continue
         ident = getattr(item, "file_id", None) or f"{item.name}:{item.size}"
         if state[seen_key] != ident:
             state[seen_key] = ident
             if item.size > config.max_photo_mb * 1024 * 1024:
-                st.error(f"{item.name} is {item.size / 1e6:.0f} MB; the limit is {config.max_photo_mb} MB.")
+                st.error(
+                    f"{vm.md_escape(item.name)} is {item.size / 1e6:.0f} MB; the limit is {config.max_photo_mb} MB."
+                )
                 state["identify_active"] = None
                 continue
             state["identify_active"] = (source, item.name or "camera.jpg", item.getvalue())
     active = state["identify_active"]
+    if active and active[0] == "upload" and uploaded is None:
+        st.caption(
+            f"Showing {vm.md_escape(active[1])}, uploaded earlier in this session; upload another photo to replace it."
+        )
     return (active[1], active[2]) if active else None
 
 
@@ -72,7 +83,7 @@ def body() -> None:
     identifier = get_identifier()
     photo = photo_result(name, data)
     if photo.error:
-        st.error(f"**{name} could not be identified:** {photo.error}")
+        st.error(f"**{vm.md_escape(name)} could not be identified:** {vm.md_escape(photo.error)}")
         return
     result = photo.result
     st.divider()
@@ -82,7 +93,7 @@ def body() -> None:
             photo.image, photo.mask and photo.mask.mask, result.box, key=f"id_{photo.key[:12]}", caption=name
         )
         if photo.mask_error:
-            st.caption(f"Animal mask unavailable: {photo.mask_error}")
+            st.caption(f"Animal mask unavailable: {vm.md_escape(photo.mask_error)}")
         elif photo.mask is not None and photo.mask.box is None:
             st.caption("The mask found no clear animal outline in this photo.")
     with right:
@@ -96,7 +107,7 @@ def body() -> None:
             with st.expander("Show the closest catalogue matches anyway"):
                 st.altair_chart(charts.top5_chart(result), width="stretch")
         st.markdown("**When and where**")
-        panels.metadata_block(photo.metadata)
+        panels.metadata_block(photo.metadata, name)
         d1, d2 = st.columns(2)
         d1.download_button(
             "Result (JSON)",
@@ -128,7 +139,7 @@ def _save_form(photo: PhotoResult) -> None:
     shared = services()
     st.subheader("Save to the catalogue")
     if shared.catalog is None:
-        st.warning(f"The user catalogue is unavailable ({shared.catalog_error}); photos cannot be saved.")
+        st.warning(f"The user catalogue is unavailable ({vm.md_escape(shared.catalog_error)}); photos cannot be saved.")
         return
     result = photo.result
     identifier = shared.identifier
@@ -152,11 +163,18 @@ def _save_form(photo: PhotoResult) -> None:
         species = c2.selectbox(
             "Species", species_names, index=species_names.index(predicted), format_func=vm.species_label
         )
-        actor = c3.text_input("Your name (audit log)", value=st.session_state["actor"])
+        actor = c3.text_input(
+            "Your name (audit log)",
+            value=st.session_state["actor"],
+            placeholder=vm.ANONYMOUS,
+            help=f"Left blank, the audit log records “{vm.ANONYMOUS}”.",
+        )
         tags = c3.text_input("Tags (comma-separated)", placeholder="survey-2024, north")
         submitted = st.form_submit_button("Save to catalogue", type="primary", icon=":material/save:")
     if not submitted:
-        st.caption(f"The catalogue is stored in `{shared.catalog.path}`; every change is written to its audit log.")
+        st.caption(
+            f"The catalogue is stored in {vm.md_escape(shared.catalog.path)}; every change is written to its audit log."
+        )
         return
     st.session_state["actor"] = actor
     if how == options[0]:
@@ -180,19 +198,20 @@ def _save_form(photo: PhotoResult) -> None:
                 individual,
                 sp,
                 source_name=photo.name,
-                actor=actor.strip() or None,
+                actor=vm.actor_name(actor),
                 new=new,
                 tags=tags,
             )
     except CatalogError as exc:
-        st.error(f"Not saved: {exc}")
+        st.error(f"Not saved: {vm.md_escape(exc)}")
         return
     services()  # the next identification searches the updated catalogue
     if row.status == "duplicate":
-        st.info(f"Already saved: {row.message}.")
+        st.info(f"Already saved: {vm.md_escape(row.message)}.")
     else:
         st.success(
-            f"Saved as image {row.image_id} of **{row.individual_id}** ({'new individual' if new else 'confirmed'}). "
+            f"Saved as image {row.image_id} of **{vm.md_escape(row.individual_id)}** "
+            f"({'new individual' if new else 'confirmed'}). "
             "Photos identified from now on are compared with the updated catalogue."
         )
 

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -255,20 +256,23 @@ def test_batch_zip(page, server, shots):
     page.locator("[data-testid='stSidebarNav'] a").filter(has_text="Batch").click()
     page.get_by_text("Batch identification").first.wait_for()
     _upload(page, str(zip_path))
-    page.get_by_role("button", name="Identify 1 file").click()
+    photos_in_zip = min(3, len(photos)) + 2  # with_gps.jpg and broken.jpg too; notes.txt is no photo
+    page.get_by_role("button", name=f"Identify {photos_in_zip} photos").click()
     page.get_by_text("Download all results (CSV)").wait_for()
     page.locator("[data-testid='stDataFrame']").first.wait_for()
     page.get_by_text("Photos per species").wait_for()
-    page.get_by_text("with GPS)").wait_for()  # the map's heading: the one GPS photo is located
-    # The map component is loaded lazily after the run: wait for it, however long that takes here.
-    expect(page.locator("[data-testid='stDeckGlJsonChart']")).to_have_count(1, timeout=TIMEOUT_MS)
+    page.get_by_text("1 photo with GPS").wait_for()  # the map's heading: the one GPS photo is located
     _settled(page)  # the grid, charts and thumbnails painted
     page.screenshot(path=str(shots / "3_batch_result.png"), full_page=True)
     page.set_viewport_size({"width": 1400, "height": 3400})  # Streamlit scrolls inside its main block
     page.wait_for_function("height => window.innerHeight === height", arg=3400, timeout=TIMEOUT_MS)
-    page.locator("[data-testid='stDeckGlJsonChart'] canvas").first.wait_for(state="attached")
+    world = page.locator(".st-key-batch_map")
+    world.locator("canvas, svg").first.wait_for(state="attached")
     _settled(page)
     page.screenshot(path=str(shots / "3b_batch_full.png"))
+    land, sea = _map_colours(world.screenshot(path=str(shots / "3c_batch_map.png")))
+    assert land > 0.05 and sea > 0.05, f"an offline base map: land {land:.0%}, sea {sea:.0%} of the map"
+    assert page.locator("[data-testid='stDeckGlJsonChart']").count() == 0  # no tile map (needs the internet)
     page.get_by_text("broken.jpg").first.wait_for(state="attached")  # the bad file is a row of the grid
 
     with page.expect_download() as download:
@@ -279,6 +283,102 @@ def test_batch_zip(page, server, shots):
     assert by_file["survey/notes.txt"]["status"] == "skipped"
     assert by_file["survey/with_gps.jpg"]["latitude"].startswith("48.5")
     assert sum(row["status"] == "ok" for row in rows) == min(3, len(photos)) + 1
+
+
+def _map_colours(png: bytes) -> tuple[float, float]:
+    """Shares of a map screenshot painted in the land and the sea colours of app/charts.py."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    pixels = list(image.getdata())
+
+    def share(hex_colour: str) -> float:
+        target = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+        near = sum(1 for pixel in pixels if sum(abs(a - b) for a, b in zip(pixel, target, strict=True)) <= 12)
+        return near / len(pixels)
+
+    return share("#efe9dc"), share("#dcecf3")
+
+
+HOSTILE_NAME = "![x](http:example.invalid) **bold** <img src=x onerror=alert(1)> :smile:"
+
+
+def test_user_text_is_shown_as_text_and_fetches_nothing(page, server, shots):
+    photos = _photos()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(server)
+    page.get_by_text("Upload a photo, take one with the camera").wait_for()
+    _upload(page, {"name": f"{HOSTILE_NAME}.jpg", "mimeType": "image/jpeg", "buffer": photos[0].read_bytes()})
+    page.locator(".st-key-card_species").first.wait_for()
+    _settled(page)
+    main = page.locator("[data-testid='stMain']")
+    caption = main.locator("[data-testid='stImageCaption']").first
+    # every character as typed (an invisible word joiner keeps ":smile:" from becoming an emoji)
+    assert caption.inner_text().replace("\u2060", "").strip() == f"{HOSTILE_NAME}.jpg"
+    assert caption.locator("img, strong, a").count() == 0
+    assert main.locator("img[src*='example.invalid'], a[href*='example.invalid']").count() == 0
+    # a refused id quotes the text it refused: as text too
+    form = main.locator("[data-testid='stForm']").first
+    form.get_by_text("A new individual").click()
+    form.get_by_role("textbox", name="New individual id").fill("![x](http://example.invalid/a.png) **b**")
+    form.get_by_role("button", name="Save to catalogue").click()
+    error = main.locator("[data-testid='stAlertContentError']").filter(has_text="Not saved")
+    error.wait_for()
+    _settled(page)
+    assert "![x](http://example.invalid/a.png) **b**" in error.inner_text().replace("\u2060", "")
+    assert error.locator("img, strong:has-text('b'), a").count() == 0, error.inner_html()
+    page.screenshot(path=str(shots / "8_hostile_text.png"), full_page=True)
+    assert not [url for url in requests if "example.invalid" in url], "a user's text made the browser fetch"
+
+
+def test_identify_shows_the_date_and_position_whole(page, server, shots):
+    photos = _photos()
+    page.goto(server)
+    page.get_by_text("Upload a photo, take one with the camera").wait_for()
+    _upload(page, {"name": "gps.jpg", "mimeType": "image/jpeg", "buffer": _with_gps(photos[0].read_bytes())})
+    taken = page.locator(".st-key-card_taken")
+    position = page.locator(".st-key-card_position")
+    taken.wait_for()
+    _settled(page)
+    expect(taken).to_contain_text("2024-07-01 10:20:30")
+    expect(position).to_contain_text("48.50000° N, 123.16667° W")
+    for card in (taken, position):  # nothing cut off: the value's box is as wide as its text
+        clipped = card.locator("div[style*='overflow-wrap']").evaluate("el => el.scrollWidth > el.clientWidth")
+        assert not clipped
+    world = page.locator(".st-key-identify_map")
+    world.scroll_into_view_if_needed()
+    world.locator("canvas, svg").first.wait_for(state="attached")
+    _settled(page)
+    land, sea = _map_colours(world.screenshot(path=str(shots / "9_identify_map.png")))
+    assert land > 0.05 and sea > 0.05, f"an offline base map: land {land:.0%}, sea {sea:.0%}"
+
+
+def test_a_running_batch_can_be_stopped_and_keeps_what_it_did(page, server, shots):
+    photos = _photos()
+    total = 600  # long enough on any machine to press Stop half-way
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(total):
+            archive.writestr(
+                f"long_trip/{index:04d}_{photos[index % len(photos)].name}", photos[index % len(photos)].read_bytes()
+            )
+    zip_path = shots / "long_trip.zip"
+    zip_path.write_bytes(buffer.getvalue())
+    page.goto(f"{server}/batch")
+    page.locator("h1").filter(has_text="Batch identification").first.wait_for()
+    _upload(page, str(zip_path))
+    page.get_by_role("button", name=f"Identify {total} photos").click()
+    page.get_by_text(re.compile(r"[1-9]\d* / \d+ files")).first.wait_for()  # under way
+    page.get_by_role("button", name="Stop").click()
+    warning = page.locator("[data-testid='stAlertContentWarning']").filter(has_text="Stopped after")
+    warning.wait_for()
+    _settled(page)
+    text = warning.inner_text()
+    done = int(re.search(r"Stopped after (\d+) of (\d+) photos", text).group(1))
+    assert 0 < done < total and "you pressed Stop" in text, text
+    page.get_by_text("Download all results (CSV)").wait_for()
+    page.screenshot(path=str(shots / "10_batch_stopped.png"), full_page=True)
 
 
 def test_other_pages(page, server, shots):
