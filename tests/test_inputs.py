@@ -6,6 +6,7 @@ import io
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from whales_identify.config import ArchiveLimits, ImageLimits
 from whales_identify.errors import InvalidArchiveError, InvalidImageError
 from whales_identify.inputs.archive import iter_photos, iter_zip
 from whales_identify.inputs.imaging import decode_image
+
+DATA = Path(__file__).parent / "data"
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -187,15 +190,21 @@ def test_animated_webp_uses_first_frame() -> None:
     assert red > 200 and blue < 50
 
 
-@pytest.mark.parametrize("brand", [b"heic", b"mif1"])
-def test_heic_is_explained_not_called_garbage(brand: bytes) -> None:
+def test_a_heic_photo_is_decoded_not_refused() -> None:
+    """HEIC used to be refused with an explanation; it is decoded now (tests/test_heic.py has the rest)."""
+    image = decode_image(DATA / "north_atlantic_right_whale_w_3212.heic")
+    assert image.mode == "RGB" and min(image.size) >= 16
+
+
+@pytest.mark.parametrize(("brand", "named"), [(b"heic", "HEIC"), (b"mif1", "HEIC"), (b"avif", "AVIF")])
+def test_a_damaged_heic_or_an_avif_is_explained_not_called_garbage(brand: bytes, named: str) -> None:
     data = b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00mif1heic" + b"\x00" * 64
-    with pytest.raises(InvalidImageError, match="HEIC") as info:
+    with pytest.raises(InvalidImageError, match=named) as info:
         decode_image(data)
     assert "JPEG" in str(info.value)
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP", "GIF", "BMP"])
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP", "GIF", "BMP", "HEIF"])
 def test_large_images_without_a_reduced_decode_are_refused_before_reading(fmt: str) -> None:
     data = _encode(Image.new("RGB", (1200, 900), (10, 80, 120)), fmt)
     limits = ImageLimits(max_decode_bytes=28 * 1024 * 1024)  # the fixed overhead (24 MiB) + ~1 MP

@@ -32,7 +32,7 @@ ENV_PREFIX = "WHALE_ID_"
 # The catalogue folder's variable before ENV_PREFIX was the rule; still honoured so existing set-ups keep working.
 LEGACY_HOME_ENV = "WHALES_ID_HOME"
 # The image files accepted everywhere: uploads, folders, ZIP members (the decoder checks the bytes).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif")
 # A batch's summary names this many of its failed files, and of its skipped ones (the table has them all).
 SUMMARY_NAMED_FILES = 10
 

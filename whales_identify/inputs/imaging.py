@@ -2,12 +2,14 @@
 
 Decoding memory is bounded by ``ImageLimits.max_decode_bytes`` for every format: the cost of a
 decode (decoded pixels × bytes per pixel of the decoded mode, plus what the codec itself keeps:
-libjpeg's coefficient buffer for progressive JPEGs, libtiff's strip buffer, libwebp's canvases)
+libjpeg's coefficient buffer for progressive JPEGs, libtiff's strip buffer, libwebp's canvases,
+libheif's RGB output)
 is worked out from the header and a photo over the bound is refused before any pixel is read.
-JPEGs are reduced while decoding (draft mode); other formats are decoded at full size in their
-own mode (1 byte a pixel for palette and greyscale) and converted to RGB tile by tile while they
-are reduced, so no second full-size copy is ever made. EXIF orientation is applied; Pillow's
-decompression-bomb limit is set on purpose. Whatever the bytes, only ``InvalidImageError`` comes out.
+JPEGs are reduced while decoding (draft mode); other formats (HEIC/HEIF too, through pillow-heif,
+registered when this module is imported) are decoded at full size in their own mode (1 byte a pixel
+for palette and greyscale) and converted to RGB tile by tile while they are reduced, so no second
+full-size copy is ever made. EXIF orientation is applied; Pillow's decompression-bomb limit is set
+on purpose. Whatever the bytes, only ``InvalidImageError`` comes out.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from whales_identify.config import ImageLimits
 from whales_identify.errors import InvalidImageError
 from whales_identify.inputs.archive import not_regular_reason, open_regular_file
+from whales_identify.inputs.heif import HEIF_FORMAT, register_heif
 
 LIMITS = ImageLimits()
 Image.MAX_IMAGE_PIXELS = LIMITS.max_pixels
 # PNG text chunks are kept in memory (64 MB by default): a photo needs none of them.
 PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
 
-# The only formats opened (a JPEG with extra pictures, as some cameras save, opens as "MPO"). Anything
-# else Pillow knows (PSD, EPS, ICO, TGA, …) is refused as "not an image file".
-FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+# The only formats opened (a JPEG with extra pictures, as some cameras save, opens as "MPO"; HEIC/HEIF
+# through pillow-heif, registered here, once). Anything else Pillow knows (PSD, EPS, ICO, TGA, …) is
+# refused as "not an image file".
+FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", *((HEIF_FORMAT,) if register_heif() else ()))
 MIB = 1024 * 1024
 # Bytes a decode costs besides the pixels: codec libraries, the tile being converted, Python objects.
 DECODE_OVERHEAD_BYTES = 24 * MIB
@@ -46,6 +50,11 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "
 # libwebp's animation decoder (which Pillow uses for every WebP) keeps two RGBA canvases, Pillow
 # copies the frame out as bytes, then into the image: four RGBA copies of the picture.
 _WEBP_BYTES_PER_PIXEL = 16
+# libheif cannot reduce while decoding: it decodes the HEVC picture (YCbCr planes, 10-bit ones in two
+# bytes a sample), converts it to interleaved RGB(A) that pillow-heif hands over, and Pillow copies that
+# into its image (four bytes a pixel). Measured peak growth: 7.1-7.7 bytes a pixel for 8-bit RGB (12 and
+# 48 MP, grid or single picture), 8.0 for 10-bit, 8.6 for RGBA (tests/test_heic.py).
+_HEIF_DECODER_BYTES_PER_PIXEL = 2
 
 
 def read_bytes(source: bytes | str | Path, limits: ImageLimits = LIMITS) -> bytes:
@@ -85,12 +94,32 @@ def _read_regular_file(path: Path, limits: ImageLimits) -> bytes:
         raise InvalidImageError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
 
 
-# ISO base-media brands of HEIC/HEIF/AVIF photos (iPhones save HEIC by default).
-_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+# ISO base-media brands of AVIF photos, and of HEIC/HEIF ones (iPhones save HEIC by default).
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 
 
-def _is_heif(data: bytes) -> bool:
-    return len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+def _iso_brand(data: bytes) -> bytes | None:
+    return data[8:12] if len(data) >= 12 and data[4:8] == b"ftyp" else None
+
+
+def _unreadable_reason(data: bytes) -> str:
+    """Why Pillow could not open ``data``, in words."""
+    brand = _iso_brand(data)
+    if brand in _AVIF_BRANDS:
+        return "this is an AVIF photo, which cannot be read here; export it as JPEG and try again"
+    if brand in _HEIF_BRANDS:
+        if HEIF_FORMAT not in FORMATS:
+            return (
+                "this is a HEIC/HEIF photo (the iPhone default), which cannot be read here without the "
+                "pillow-heif package; export it as JPEG (iPhone: Settings › Camera › Formats › Most "
+                "Compatible) or install pillow-heif, and try again"
+            )
+        return (
+            "this HEIC/HEIF photo is damaged, cut short or uses a feature the HEIF decoder does not support; "
+            "export it as JPEG (iPhone: Settings › Camera › Formats › Most Compatible) and try again"
+        )
+    return "not an image file Pillow can read (JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC)"
 
 
 def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS, long_side: int | None = None) -> Image.Image:
@@ -131,12 +160,7 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits = LIMITS, long_
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImageError(f"refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        if _is_heif(data):
-            raise InvalidImageError(
-                "this is a HEIC/HEIF photo (the iPhone default), which cannot be read here without an extra "
-                "codec; export it as JPEG (iPhone: Settings › Camera › Formats › Most Compatible) and try again"
-            ) from exc
-        raise InvalidImageError("not an image file Pillow can read (JPEG, PNG, WebP, TIFF, BMP, GIF)") from exc
+        raise InvalidImageError(_unreadable_reason(data)) from exc
     except MemoryError as exc:
         raise InvalidImageError("the image is too large to decode in the memory available") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError) as exc:
@@ -196,6 +220,8 @@ def decode_cost(image: Image.Image, data: bytes, long_side: int) -> int:
         cost = pixels * _WEBP_BYTES_PER_PIXEL
     elif image.format == "TIFF":
         cost += _tiff_strip_bytes(image, data)
+    elif image.format == HEIF_FORMAT:  # libheif's RGB(A) output and its planes, beside Pillow's copy
+        cost += pixels * (len(image.mode) + _HEIF_DECODER_BYTES_PER_PIXEL)
     elif image.format == "BMP":
         cost += 2 * pixels  # the RLE decoder (Python) gathers the pixels twice before the image holds them
     if image.mode != "RGB":  # reduced tile by tile into an RGB canvas
