@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from whales_identify.batch.local import CSV_COLUMNS
+from whales_identify.batch.local import CSV_COLUMNS, BatchRow
 from whales_identify.batch.on_ray import (
     ResultsFile,
     ScaleError,
     ScaleSettings,
+    csv_cells,
     import_ray,
     plan_work,
     run_ray_batch,
@@ -258,6 +259,33 @@ def test_results_file_drops_a_line_cut_off_by_a_crash(tmp_path) -> None:
     results.close()
     assert results.done == {"a.jpg"}
     assert _read(path) == {"a.jpg": dict(zip(CSV_COLUMNS, good, strict=True))}
+
+
+def test_a_resume_recognises_file_names_the_table_neutralised(tmp_path) -> None:
+    """Cells go through ``csv_safe`` (``=x.jpg`` is stored as ``'=x.jpg``): the finished set was built from
+    the stored cells, so such files were identified again and written twice on every resume."""
+    names = ["=x.jpg", "+1 fin.jpg", "@home.jpg", "-dorsal.jpg", "'=quoted.jpg", "'plain.jpg", "plain.jpg"]
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in [*names, "=notes.txt"]:
+            zf.writestr(name, b"not read by the plan")
+    plan = plan_work(archive)
+    assert {item["file"] for item in plan.items} == set(names) and [r.file for r in plan.skipped] == ["=notes.txt"]
+    path = tmp_path / "results.csv"
+    first = ResultsFile(path)
+    first.write(csv_cells(BatchRow(name, "error", "-corrupt")) for name in names)
+    first.write(csv_cells(row) for row in plan.skipped)
+    first.close()
+    with path.open(newline="") as handle:
+        stored = [record[0] for record in csv.reader(handle)][1:]
+    assert "'=x.jpg" in stored and "=x.jpg" not in stored  # neutralised on disk
+
+    resumed = ResultsFile(path)
+    resumed.close()
+    todo = plan.without(resumed.done)
+    assert todo.items == [] and todo.skipped == []  # nothing is done twice
+    assert resumed.previous.total() == len(names) + 1
+    assert resumed.problems["error"][0] == ("=x.jpg", "-corrupt")  # the summary names the real file
 
 
 def test_without_ray_the_module_imports_and_the_cli_says_how_to_install_it(

@@ -51,7 +51,7 @@ from whales_identify.inputs.archive import (
     zip_entry_names,
     zip_skip_reason,
 )
-from whales_identify.inputs.text import csv_safe
+from whales_identify.inputs.text import csv_safe, csv_unsafe
 
 if TYPE_CHECKING:  # pragma: no cover
     from whales_identify.matching.gallery import Gallery
@@ -270,10 +270,13 @@ class ResultsFile:
             damaged = True
         if damaged:
             self._rewrite(complete)
-        self.done = {record[0] for record in complete}
+        # The cells went through ``csv_safe`` (``=x.jpg`` is stored as ``'=x.jpg``): the file names are read
+        # back with ``csv_unsafe``. A cell ``'=x.jpg`` may also be a name written as it is (csv_safe leaves a
+        # leading ' alone): both readings count as done, or that file would be done and written again.
+        self.done = {name for record in complete for name in (record[0], csv_unsafe(record[0]))}
         self.previous = Counter(record[1] for record in complete)
         for record in complete:
-            self._note(record[0], record[1], record[2])
+            self._note(csv_unsafe(record[0]), record[1], csv_unsafe(record[2]))
 
     def _note(self, file: str, status: str, error: str) -> None:
         named = self.problems.get(status)
@@ -482,7 +485,7 @@ def run_ray_batch(
     try:
         todo = plan.without(results.done)
         if results.done:
-            print(f"resuming: {len(results.done):,} file(s) already in {results.path}", file=sys.stderr)
+            print(f"resuming: {results.previous.total():,} file(s) already in {results.path}", file=sys.stderr)
         if todo.items:  # Ray first: a wrong address changes nothing in the results
             started = start_ray(address, settings)
         results.write(csv_cells(row) for row in todo.skipped)

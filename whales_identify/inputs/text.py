@@ -1,7 +1,7 @@
 """Untrusted text: individual ids, species names, CSV files users hand us and CSV cells we hand back.
 
 * ``csv_safe`` — every cell of every CSV the package writes goes through it (OWASP CSV injection:
-  a cell a spreadsheet would run as a formula is prefixed with ``'``).
+  a cell a spreadsheet would run as a formula is prefixed with ``'``); ``csv_unsafe`` reads one back.
 * ``validate_individual_id`` / ``validate_species`` / ``validate_model_version`` — wherever such a
   value enters the catalogue (enrolment, import, rename). The rules are in ``config.TextRules``.
 * ``decode_text`` / ``read_csv`` — an enrolment CSV: UTF-8 (with or without BOM), UTF-16 with a BOM,
@@ -40,6 +40,16 @@ def csv_safe(value: T, rules: TextRules = RULES) -> T | str:
     if isinstance(value, str) and value.startswith(rules.csv_formula_starts) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
+
+
+def csv_unsafe(cell: str, rules: TextRules = RULES) -> str:
+    """The text ``csv_safe`` was given for ``cell``: its leading ``'`` removed exactly when ``csv_safe``
+    adds one (``'=x`` → ``=x``; ``'abc``, ``'-1`` and ``abc`` stay as they are).
+
+    ``csv_safe`` leaves text already starting with ``'`` alone, so a cell ``'=x`` may also have been
+    given as it is: a reader that must not miss it (a resume) accepts both ``cell`` and this."""
+    rest = cell[1:]
+    return rest if cell.startswith("'") and csv_safe(rest, rules) != rest else cell
 
 
 def shown(text: str, limit: int = 40) -> str:
