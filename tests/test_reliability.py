@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image, TiffImagePlugin
 
 from whales_identify.batch.local import identify_entries
 from whales_identify.catalog.store import Catalog
 from whales_identify.config import DEFAULT_CATALOGUE, DEFAULT_CHECKPOINT
 from whales_identify.errors import ModelLoadError
 from whales_identify.inputs.archive import ArchiveEntry
+from whales_identify.inputs.text import csv_safe, csv_unsafe
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.identifier import Identifier
 
@@ -333,3 +334,44 @@ def test_the_cli_reports_damaged_model_files_without_a_traceback(tmp_path: Path)
         assert done.returncode == 2, (option, done.stderr)
         assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr, (option, done.stderr)
         assert not any(advice in done.stderr for advice in UNSAFE_ADVICE), (option, done.stderr)
+
+
+def _jpeg_at(latitude: int, seed: int) -> bytes:
+    """A photo whose EXIF puts it at ``latitude`` degrees north, 20 east."""
+    rational = TiffImagePlugin.IFDRational
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = {
+        1: "N",
+        2: (rational(latitude), rational(0), rational(0)),
+        3: "E",
+        4: (rational(20), rational(0), rational(0)),
+    }
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_entries_with_the_same_name_each_keep_their_own_gps(identifier, batch_size: int) -> None:
+    """The batch looked a photo's metadata up by name: with two entries of one name (the app's uploads of
+    two ``IMG_0001.jpg``, any caller's own entries) the first got the second's position and the second none.
+    Now outcome and bytes are paired by position."""
+    entries = [
+        ArchiveEntry("IMG_0001.jpg", _jpeg_at(10, 1), member=0),
+        ArchiveEntry("skipped.txt", None, "not a photo", member=1),
+        ArchiveEntry("IMG_0001.jpg", _jpeg_at(30, 2), member=2),
+        ArchiveEntry("IMG_0001.jpg", b"not a jpeg", member=3),
+        ArchiveEntry("IMG_0001.jpg", _jpeg_at(50, 3), member=4),
+    ]
+    rows = [row for row in identify_entries(identifier, entries, batch_size=batch_size) if row.status != "skipped"]
+    assert [row.status for row in rows] == ["ok", "ok", "error", "ok"]
+    assert [row.latitude for row in rows] == [pytest.approx(10), pytest.approx(30), None, pytest.approx(50)]
+
+
+def test_csv_unsafe_reads_back_exactly_what_csv_safe_wrote() -> None:
+    texts = ["=x.jpg", "+1 fin.jpg", "@home", "-dorsal", "\tx", "\rx", "-33.9", "+3", "'=q", "'abc", "abc", "'", ""]
+    for text in texts:
+        cell = csv_safe(text)
+        assert csv_unsafe(cell) == text or (text.startswith("'") and csv_safe(csv_unsafe(cell)) == cell), text
+    assert csv_unsafe("'=x.jpg") == "=x.jpg" and csv_unsafe("'-33.9") == "'-33.9" and csv_unsafe("'abc") == "'abc"

@@ -7,6 +7,7 @@ bad file becomes a row with its error; the rest are processed.
 from __future__ import annotations
 
 import csv
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,15 +93,20 @@ def identify_entries(
     batch_size: int | None = None,
     on_row: Callable[[BatchRow], None] | None = None,
 ) -> Iterator[BatchRow]:
-    """Identify every readable photo; skipped entries and bad photos become rows too."""
-    data_by_name: dict[str, bytes] = {}
+    """Identify every readable photo; skipped entries and bad photos become rows too.
+
+    Each outcome is matched with its photo's bytes (for the date and GPS) by position, never by name:
+    ``identify_many`` answers in input order, and two entries may carry the same name (a caller's own
+    entries; ``iter_zip`` names a repeated member ``a [member N].jpg``, but nothing here relies on it).
+    """
+    waiting: deque[tuple[str, bytes]] = deque()  # the photos handed on and not yet answered, in order
 
     def photos() -> Iterator[tuple[str, bytes]]:
         for entry in entries:
             if entry.data is None:
                 skipped.append(BatchRow(entry.name, "skipped", entry.skipped))
                 continue
-            data_by_name[entry.name] = entry.data
+            waiting.append((entry.name, entry.data))
             yield entry.name, entry.data
 
     skipped: list[BatchRow] = []
@@ -109,7 +115,10 @@ def identify_entries(
             row = skipped.pop(0)
             _emit(row, on_row)
             yield row
-        row = row_for(name, outcome, data_by_name.pop(name, None))
+        sent, data = waiting.popleft()
+        if sent != name:  # identify_many broke its input-order promise: never pair a photo with another's data
+            raise RuntimeError(f"batch outcome for {name!r} arrived in place of {sent!r}")
+        row = row_for(name, outcome, data)
         _emit(row, on_row)
         yield row
     for row in skipped:
