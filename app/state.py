@@ -165,7 +165,8 @@ def analyse_photo(identifier: Identifier, name: str, data: bytes) -> PhotoResult
         return out
     try:
         out.mask = get_masker().mask(out.image)
-        out.result = replace(out.result, box=out.mask.box)
+        if out.result.box is None:  # no localiser box (none found, or a whole-photo model): the mask's
+            out.result = replace(out.result, box=out.mask.box, photo_size=out.image.size)
     except WhaleIdError as exc:
         out.mask_error = str(exc)
     except Exception as exc:

@@ -24,6 +24,7 @@ import io
 import itertools
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from whales_identify.config import (
     NON_CETACEAN,
     REPO_DIR,
 )
+from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.identifier import Identifier, ModelOutput
 from whales_identify.matching.results import Identification
@@ -196,7 +198,40 @@ def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: i
         "protocol": protocol_summary(frame, protocol),
         "groups": summary,
         "reliability_answer": reliability(probabilities, correct),
+        "tradeoff": tradeoff(identifier, frame, outputs, protocol, gallery),
     }
+
+
+def tradeoff(identifier: Identifier, frame: pd.DataFrame, outputs: list, protocol: Any, gallery: Gallery) -> list:
+    """Known top-1 against new-individual recall as the ``new_individual`` threshold moves."""
+    queries = []
+    for i, known in zip(protocol.queries, protocol.known, strict=True):
+        species = frame.at[i, "species"]
+        if species == NON_CETACEAN or not isinstance(outputs[i], ModelOutput):
+            continue
+        truth = frame.at[i, "individual_id"] if known else NEW_INDIVIDUAL
+        group = "right whales" if species == "north_atlantic_right_whale" else "other species"
+        queries.append((identifier.scores(outputs[i], gallery), truth, known, group))
+    rows = []
+    for threshold in np.round(np.arange(0.20, 0.80, 0.02), 2):
+        config = replace(identifier.config, new_individual_threshold=float(threshold))
+        for group in ("right whales", "all"):
+            chosen = [q for q in queries if group == "all" or q[3] == group]
+            answers = [
+                (rules.decide(gallery, q, identifier.species_names, config).answer, t, k) for q, t, k, _ in chosen
+            ]
+            known_hits = [a == t for a, t, k in answers if k]
+            new_hits = [a == NEW_INDIVIDUAL for a, t, k in answers if not k]
+            rows.append(
+                {
+                    "threshold": float(threshold),
+                    "group": group,
+                    "known_top1": float(np.mean(known_hits)) if known_hits else None,
+                    "new_individual_recall": float(np.mean(new_hits)) if new_hits else None,
+                    "tuned": abs(float(threshold) - identifier.config.new_individual_threshold) < 1e-6,
+                }
+            )
+    return rows
 
 
 def charts(report: dict[str, Any], stem: str) -> list[str]:
@@ -242,6 +277,22 @@ def charts(report: dict[str, Any], stem: str) -> list[str]:
         panels.append(
             alt.layer(diagonal, line, points).properties(title=f"{title} (ECE {ece:.3f})", width=260, height=260)
         )
+    curve = pd.DataFrame(report["identity"]["tradeoff"]).dropna()
+    if not curve.empty:
+        base = alt.Chart(curve).encode(
+            x=alt.X("new_individual_recall:Q", title="new individuals answered new", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("known_top1:Q", title="catalogued animals: right at top-1", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("group:N", title=""),
+            tooltip=["group", "threshold", "known_top1", "new_individual_recall"],
+        )
+        tuned = base.transform_filter("datum.tuned").mark_point(size=120, filled=True, shape="diamond")
+        path = FIGURES / f"{stem}_tradeoff.png"
+        (base.mark_line(point=True) + tuned).properties(
+            title="The new-individual threshold: known top-1 vs new-individual recall (diamond: shipped)",
+            width=420,
+            height=300,
+        ).save(str(path), scale_factor=1.5)
+        written.append(str(path.relative_to(REPO_DIR)))
     if panels:
         path = FIGURES / f"{stem}_reliability.png"
         alt.hconcat(*panels).resolve_scale(size="shared").save(str(path), scale_factor=1.5)

@@ -164,7 +164,7 @@ def test_accepted_types_and_labels_come_from_the_package() -> None:
 
 
 # --- page 1: identify ---------------------------------------------------------------------------------
-def test_identify_upload_shows_species_top5_mask_and_downloads() -> None:
+def test_identify_upload_shows_species_top5_mask_and_downloads(identifier) -> None:
     photo = _photo()
     at = _app()
     at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
@@ -178,7 +178,11 @@ def test_identify_upload_shows_species_top5_mask_and_downloads() -> None:
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Result (JSON)" in labels and "Mask (PNG)" in labels
     result = at.session_state["photo_results"][next(iter(at.session_state["photo_results"]))]
-    assert result.result is not None and result.mask is not None and result.result.box == result.mask.box
+    assert result.result is not None and result.mask is not None
+    # the animal's box is the localiser's (what the network looked at), drawn on the display-size photo
+    assert result.result.box == identifier.identify(photo).box and result.result.box is not None
+    x1, y1, x2, y2 = result.result.box_for(result.image.size)
+    assert 0 <= x1 < x2 <= result.image.width and 0 <= y1 < y2 <= result.image.height
 
 
 def test_moving_the_slider_never_recomputes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from whales_identify.config import NON_CETACEAN
-from whales_identify.inputs.content import blank_reason, content_stats
+from whales_identify.inputs.content import GATE, blank_reason, content_stats
 from whales_identify.matching.identifier import Identifier
 
 SAMPLES = sorted((Path(__file__).parent / "data").glob("*.jpg"))
@@ -60,7 +60,10 @@ def test_every_real_sample_photo_passes_with_room_to_spare(path: Path) -> None:
     image = Image.open(path).convert("RGB")
     assert blank_reason(image) == ""
     stats = content_stats(image)
-    assert stats.coarse_std > 4 and stats.structure > 0.8 and stats.detail > 1.4  # at least twice each threshold
+    # with room: the lowest of the 4,433 shared photos passes each threshold by at least a quarter
+    assert stats.coarse_std > 1.25 * GATE.min_coarse_std
+    assert stats.structure > 1.25 * GATE.min_structure
+    assert stats.detail > 1.25 * GATE.min_detail
 
 
 def test_a_small_animal_in_a_flat_sea_is_not_blank() -> None:

@@ -213,7 +213,8 @@ def _detail(batch: BatchState, row: BatchRow) -> None:
             image, mask, mask_error = masked
             if mask_error:
                 st.caption(f"Animal mask unavailable: {vm.md_escape(mask_error)}")
-            panels.mask_view(image, mask and mask.mask, mask and mask.box, key="batch_detail")
+            box = row.result.box_for(image.size) or (mask and mask.box)  # the localiser's, else the mask's
+            panels.mask_view(image, mask and mask.mask, box, key="batch_detail")
     with right:
         panels.answer_header(row.result)
         if not row.result.rejected:

@@ -90,7 +90,11 @@ def body() -> None:
     left, right = st.columns([1.1, 1], gap="large")
     with left:
         panels.mask_view(
-            photo.image, photo.mask and photo.mask.mask, result.box, key=f"id_{photo.key[:12]}", caption=name
+            photo.image,
+            photo.mask and photo.mask.mask,
+            result.box_for(photo.image.size),
+            key=f"id_{photo.key[:12]}",
+            caption=name,
         )
         if photo.mask_error:
             st.caption(f"Animal mask unavailable: {vm.md_escape(photo.mask_error)}")
@@ -130,7 +134,7 @@ def body() -> None:
             )
         st.caption(f"Computed in {photo.seconds:.1f} s · model {identifier.model_version or 'unversioned'}")
     if not result.rejected:
-        panels.side_by_side(photo.image, result.box, result, identifier.gallery.thumbnails)
+        panels.side_by_side(photo.image, result.box_for(photo.image.size), result, identifier.gallery.thumbnails)
         _save_form(photo)
 
 

@@ -49,6 +49,14 @@ class Identification:
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32), repr=False)
     species_probabilities: dict[str, float] = field(default_factory=dict, repr=False)
 
+    def box_for(self, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """The animal's box in the same photo decoded at ``size`` (e.g. the app's display size)."""
+        if self.box is None or not self.photo_size:
+            return self.box
+        sx, sy = size[0] / self.photo_size[0], size[1] / self.photo_size[1]
+        x1, y1, x2, y2 = self.box
+        return (round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy))
+
     @property
     def best(self) -> Candidate | None:
         return self.top5[0] if self.top5 else None

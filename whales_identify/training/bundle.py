@@ -78,7 +78,7 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
     for source, n in wanted:
         pool = test[test["source"] == source].index.to_numpy()
         picked = 0
-        for index in rng.permutation(pool):
+        for index in rng.permutation(np.array(pool)):
             if counts[frame.at[index, "individual_id"]] < 3 or not isinstance(outputs[index], ModelOutput):
                 continue
             result = answer_without(index)
@@ -88,14 +88,14 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
                 if picked == n:
                     break
     singletons = frame[named & frame["individual_id"].map(counts).eq(1) & frame["source"].ne("noaa_right_whale")]
-    for index in rng.permutation(singletons.index.to_numpy()):
+    for index in rng.permutation(np.array(singletons.index)):
         result = answer_without(index, True) if isinstance(outputs[index], ModelOutput) else None
         if result and result.answer == NEW_INDIVIDUAL:
             chosen.append(int(index))
             break
     negatives = frame[(frame["split"] == "test") & frame["species"].eq(NON_CETACEAN)]
     reject = identifier.config.reject_threshold
-    for index in rng.permutation(negatives.index.to_numpy()):
+    for index in rng.permutation(np.array(negatives.index)):
         result = answer_without(index) if isinstance(outputs[index], ModelOutput) else None
         if result and result.rejected and result.species_probability > min(0.95, reject + 0.3):
             chosen.append(int(index))

@@ -45,22 +45,21 @@ def tune(
     whales = [(q, t) for q, t, c in zip(queries, truths, cetacean, strict=True) if c]
     log: dict[str, Any] = {}
 
-    # 1. Blend weight and threshold: MAP@5 over cetacean queries, ranked exactly as answers are.
+    # 1. Blend weight and threshold: MAP@5 over cetacean queries, ranked exactly as answers are, with
+    # photos of catalogued and of unseen animals weighing the same (whatever their counts in validation),
+    # so that neither "always new" nor "never new" wins by sheer numbers.
     best = (-1.0, base.prototype_weight, base.new_individual_threshold)
     for weight in PROTOTYPE_WEIGHTS:
         for threshold in THRESHOLDS:
             candidate = replace(base, prototype_weight=weight, new_individual_threshold=threshold)
-            value = float(
-                np.mean(
-                    [
-                        average_precision_at_5(t, rules.decide(gallery, q, species_names, candidate).ranked_answers())
-                        for q, t in whales
-                    ]
-                )
-            )
+            aps: dict[bool, list[float]] = {True: [], False: []}
+            for q, t in whales:
+                ranked = rules.decide(gallery, q, species_names, candidate).ranked_answers()
+                aps[t == NEW_INDIVIDUAL].append(average_precision_at_5(t, ranked))
+            value = float(np.mean([np.mean(v) for v in aps.values() if v]))
             if value > best[0]:
                 best = (value, weight, threshold)
-    log["val_map5"], weight, threshold = best
+    log["val_map5_balanced"], weight, threshold = best
     chosen = replace(base, prototype_weight=weight, new_individual_threshold=threshold)
 
     # 2. Temperature: negative log-likelihood of the right answer (calibration).
