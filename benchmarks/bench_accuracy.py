@@ -1,5 +1,8 @@
 """Accuracy on the held-out test split of the shared data, through the `evaluate` contract.
 
+Uses the split the checkpoint was trained with (by individual for the current model: then
+the queries are animals never trained on and only species and rejection mean much here, see
+bench_generalisation.py; by photo for older checkpoints: re-identifying trained animals).
 Writes the test split as LABELS.csv (gallery = training split, query = test
 split: photos never used in training or tuning), runs the same code as
 `python -m whales_identify evaluate`, and reports overall, per-source-group
@@ -42,8 +45,8 @@ TARGETS = {
 }
 
 
-def write_contract_csv(data_root: Path, seed: int, path: Path) -> pd.DataFrame:
-    frame = load_dataset(data_root, seed)
+def write_contract_csv(data_root: Path, seed: int, split: str, path: Path) -> pd.DataFrame:
+    frame = load_dataset(data_root, seed, split)
     frame = frame[frame["split"].isin(["train", "test"])].copy()
     frame["split"] = frame["split"].map({"train": "gallery", "test": "query"})
     frame[["image", "individual_id", "species", "split", "source"]].to_csv(path, index=False)
@@ -58,10 +61,11 @@ def main() -> None:
     args = parser.parse_args()
 
     identifier = Identifier.load(args.checkpoint, catalogue=None, inference_config=DEFAULT_INFERENCE_CONFIG)
-    seed = int(identifier.meta["train_config"]["seed"])
+    train_config = identifier.network.meta["train_config"]
+    seed, split = int(train_config["seed"]), str(train_config.get("split", "photo"))
     with tempfile.TemporaryDirectory() as tmp:
         labels = Path(tmp) / "labels.csv"
-        frame = write_contract_csv(Path(args.data_root), seed, labels)
+        frame = write_contract_csv(Path(args.data_root), seed, split, labels)
         report = evaluate(identifier, labels, args.data_root)
     print(format_table(report))
 

@@ -6,8 +6,9 @@ The ZIP holds ``n`` photos drawn at random (seed 0) from the shared data, all
 sources mixed (most are 224 px right-whale crops; the rest up to 1280 px).
 End to end = ``run_batch`` on the ZIP: read each member, decode, resize, embed,
 search the bundled catalogue, species, EXIF, one row per photo. Bare forward =
-the same photos already decoded and resized, run through the engine in the
-same chunks and threads as the pipeline. Goal: end to end ≥ 0.8 × bare.
+the same photos already decoded, run through the networks (the localiser, the crop around
+the animal and the identification network: ``Identifier.forward``) in the same chunks and
+threads as the pipeline. Goal: end to end ≥ 0.8 × bare.
 Both engines (ONNX Runtime, the default, and PyTorch, the reference) are measured.
 """
 
@@ -23,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from _report import header, save  # beside this script
+from PIL import Image
 
 from whales_identify.batch.local import run_batch
 from whales_identify.config import DEFAULT_DATA_ROOT
 from whales_identify.matching.identifier import Identifier
-from whales_identify.model.preprocess import to_array
 from whales_identify.model.threads import single_threaded_blas
 
 
@@ -40,15 +41,15 @@ def build_zip(data_root: Path, n: int, path: Path) -> list[str]:
     return chosen
 
 
-def bare_forward(identifier: Identifier, arrays: list[np.ndarray]) -> float:
-    """Photos per second of the forward pass alone, chunked and threaded as the pipeline does."""
+def bare_forward(identifier: Identifier, images: list[Image.Image]) -> float:
+    """Photos per second of the networks alone, chunked and threaded as the pipeline does."""
     chunk, workers, threads = identifier.batch_plan()
-    batches = [np.stack(arrays[i : i + chunk]) for i in range(0, len(arrays), chunk)]
-    identifier.engine.run(batches[0], threads)  # warm-up
+    batches = [images[i : i + chunk] for i in range(0, len(images), chunk)]
+    identifier.forward(batches[0], threads)  # warm-up
     with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
         started = time.perf_counter()
-        list(pool.map(lambda b: identifier.engine.run(b, threads), batches))
-        return len(arrays) / (time.perf_counter() - started)
+        list(pool.map(lambda b: identifier.forward(b, threads), batches))
+        return len(images) / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -66,8 +67,7 @@ def main() -> None:
             identifier = Identifier.load(engine=engine)
             with zipfile.ZipFile(archive) as z:
                 images = [identifier.prepare_input(z.read(name)) for name in names]
-            arrays = [to_array(image, identifier.model.config) for image in images]
-            bare = bare_forward(identifier, arrays)
+            bare = bare_forward(identifier, images)
             list(run_batch(identifier, archive))  # warm-up: file cache, sessions, allocator
             started = time.perf_counter()
             rows = list(run_batch(identifier, archive))

@@ -48,7 +48,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     for n in args.sizes:
-        gallery = synthetic_gallery(n, identifier.model.config.embedding_dim, rng)
+        gallery = synthetic_gallery(n, identifier.network.config.embedding_dim, rng)
         started = time.perf_counter()
         identifier.set_gallery(gallery)
         index_s = time.perf_counter() - started
@@ -73,7 +73,7 @@ def main() -> None:
             f"  (matrix {rows[-1]['matrix_mb']} MB)"
         )
         del gallery
-        identifier.set_gallery(Gallery.empty(identifier.model.config.embedding_dim))
+        identifier.set_gallery(Gallery.empty(identifier.network.config.embedding_dim))
 
     result = {
         **header("python benchmarks/bench_search.py"),
