@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 
@@ -359,3 +360,27 @@ def readable_log(log: pd.DataFrame) -> pd.DataFrame:
     return log.iloc[::-1].assign(
         details=lambda f: f["details"].map(lambda d: ", ".join(f"{k}: {v}" for k, v in d.items()))
     )
+
+
+MARKDOWN_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)\s*$")
+
+
+def document_parts(text: str, folder: Path) -> list[tuple[str, str, Path | None]]:
+    """A Markdown document (our own model card) cut into ("markdown", text, None) and
+    ("image", caption, path) parts: Streamlit cannot load a relative image link, so its
+    local images are shown with st.image instead; a missing file stays a plain caption."""
+    parts: list[tuple[str, str, Path | None]] = []
+    buffer: list[str] = []
+    for line in text.splitlines():
+        found = MARKDOWN_IMAGE.match(line.strip())
+        if found and "://" not in found["src"]:
+            if buffer:
+                parts.append(("markdown", "\n".join(buffer), None))
+                buffer = []
+            path = (folder / found["src"]).resolve()
+            parts.append(("image", found["alt"], path if path.is_file() else None))
+        else:
+            buffer.append(line)
+    if buffer:
+        parts.append(("markdown", "\n".join(buffer), None))
+    return parts

@@ -932,3 +932,17 @@ def test_the_stop_button_ends_a_batch_and_says_so(monkeypatch: pytest.MonkeyPatc
     assert "Stopped after 1 of 4 photos** (you pressed Stop)" in _plain(at.warning[0].value)
     start = at.button(key="batch_start")
     assert start.label == "Identify 4 photos", "the whole batch can be run again"
+
+
+def test_the_model_card_figures_are_shown_as_images_not_broken_links() -> None:
+    from app import view_model as vm
+
+    card = ROOT / "models" / "MODEL_CARD.md"
+    parts = vm.document_parts(card.read_text(encoding="utf-8"), card.parent)
+    images = [(caption, path) for kind, caption, path in parts if kind == "image"]
+    assert images and all(path is not None and path.is_file() for _, path in images)
+    assert not any("![" in text for kind, text, _ in parts if kind == "markdown")
+    at = _app()
+    at.switch_page("pages/about_model.py").run()
+    _no_failure(at)
+    assert len(at.get("image")) >= len(images)

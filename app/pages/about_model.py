@@ -65,7 +65,13 @@ def body() -> None:
 
     card = Path(config.model_card)
     if card.is_file():
-        st.markdown(card.read_text(encoding="utf-8"))
+        for kind, text, image in vm.document_parts(card.read_text(encoding="utf-8"), card.parent):
+            if kind == "markdown":
+                st.markdown(text)
+            elif image is not None:
+                st.image(str(image), caption=text, width="stretch")
+            else:
+                st.caption(f"({text}: the figure is not installed)")
     else:
         st.info(f"The model card ({card.name}) is not installed next to the model.")
 
