@@ -48,7 +48,7 @@ from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.identifier import Identifier, ModelOutput
 from whales_identify.matching.results import Identification
 from whales_identify.training.data import load_dataset, negative_group
-from whales_identify.training.evaluate import embed_files, gallery_from_outputs
+from whales_identify.training.evaluate import embed_files, gallery_of_rows
 from whales_identify.training.metrics import average_precision_at_5
 from whales_identify.training.protocol import open_set, protocol_summary
 
@@ -73,17 +73,6 @@ def blank_frames() -> dict[str, bytes]:
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
         out[name] = buffer.getvalue()
     return out
-
-
-def gallery_for(rows: np.ndarray, frame: pd.DataFrame, outputs: list, version: str) -> Gallery:
-    keep = [int(i) for i in rows if isinstance(outputs[i], ModelOutput)]
-    return gallery_from_outputs(
-        [outputs[i] for i in keep],
-        frame["individual_id"].to_numpy()[keep].tolist(),
-        frame["species"].to_numpy()[keep].tolist(),
-        frame["image"].to_numpy()[keep].tolist(),
-        version,
-    )
 
 
 def answer(identifier: Identifier, output: Any, gallery: Gallery) -> Identification | None:
@@ -113,7 +102,7 @@ def reliability(probabilities: list[float], correct: list[bool]) -> dict[str, An
 
 def species_and_rejection(identifier: Identifier, frame: pd.DataFrame, outputs: list) -> dict[str, Any]:
     train = np.flatnonzero((frame["split"] == "train").to_numpy())
-    gallery = gallery_for(train, frame, outputs, identifier.model_version)
+    gallery = gallery_of_rows(frame, outputs, train, identifier.model_version)
     test = np.flatnonzero((frame["split"] == "test").to_numpy())
     per_species: dict[str, list[bool]] = defaultdict(list)
     confusion: dict[tuple[str, str], int] = defaultdict(int)
@@ -156,7 +145,7 @@ def species_and_rejection(identifier: Identifier, frame: pd.DataFrame, outputs: 
 
 def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: int) -> dict[str, Any]:
     protocol = open_set(frame, "test", seed)
-    gallery = gallery_for(protocol.gallery, frame, outputs, identifier.model_version)
+    gallery = gallery_of_rows(frame, outputs, protocol.gallery, identifier.model_version)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     probabilities, correct = [], []
     for i, known in zip(protocol.queries, protocol.known, strict=True):

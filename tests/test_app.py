@@ -163,6 +163,23 @@ def test_accepted_types_and_labels_come_from_the_package() -> None:
     assert NON_CETACEAN not in vm.cetacean_species([NON_CETACEAN, "humpback_whale"])
 
 
+@pytest.fixture
+def analyse_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the photos analysed (identified and masked) from now on: a rerun that
+    recomputes shows up here."""
+    import app.state as state
+
+    calls: list[str] = []
+    original = state.analyse_photo
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(state, "analyse_photo", counting)
+    return calls
+
+
 # --- page 1: identify ---------------------------------------------------------------------------------
 def test_identify_upload_shows_species_top5_mask_and_downloads(identifier) -> None:
     photo = _photo()
@@ -185,17 +202,8 @@ def test_identify_upload_shows_species_top5_mask_and_downloads(identifier) -> No
     assert 0 <= x1 < x2 <= result.image.width and 0 <= y1 < y2 <= result.image.height
 
 
-def test_moving_the_slider_never_recomputes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.state as state
-
-    calls = []
-    original = state.analyse_photo
-
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(state, "analyse_photo", counting)
+def test_moving_the_slider_never_recomputes(analyse_calls: list[str]) -> None:
+    calls = analyse_calls
     photo = _photo()
     at = _app()
     at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
@@ -848,17 +856,8 @@ def test_view_box_frames_one_point_as_a_region_and_stays_on_the_globe() -> None:
 
 
 # --- results kept across pages; a batch that is stopped ---------------------------------------------------
-def test_an_identified_photo_is_still_shown_after_visiting_another_page(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.state as state
-
-    calls = []
-    original = state.analyse_photo
-
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(state, "analyse_photo", counting)
+def test_an_identified_photo_is_still_shown_after_visiting_another_page(analyse_calls: list[str]) -> None:
+    calls = analyse_calls
     photo = _photo()
     at = _app()
     at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()

@@ -28,13 +28,10 @@ import csv
 import hashlib
 import io
 import json
-import lzma
 import math
 import re
 import stat
-import struct
 import zipfile
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +54,7 @@ from whales_identify.catalog.store import (
 )
 from whales_identify.config import ExchangeLimits
 from whales_identify.errors import InvalidArchiveError, InvalidImageError, LabelsError
-from whales_identify.inputs.archive import open_zip
+from whales_identify.inputs.archive import ZIP_ERRORS, open_zip
 from whales_identify.inputs.imaging import decode_image
 from whales_identify.inputs.text import (
     InvalidTextError,
@@ -80,22 +77,6 @@ _IMAGE_ID = re.compile(r"[1-9][0-9]{0,18}")
 _ROW = re.compile(r"0|[1-9][0-9]{0,9}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # any control character but tab, LF, CR
 _CHUNK = 1024 * 1024
-# What a damaged or hostile member can make the standard library raise while it is read.
-ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    OSError,
-    EOFError,
-    ValueError,
-    struct.error,
-    zlib.error,
-    lzma.LZMAError,
-    RuntimeError,
-    NotImplementedError,
-    OverflowError,
-    IndexError,
-    KeyError,
-)
 _MAX_TIMESTAMP_CHARS = 64
 
 

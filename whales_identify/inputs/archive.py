@@ -27,8 +27,8 @@ from whales_identify.config import ArchiveLimits
 from whales_identify.errors import InvalidArchiveError
 
 LIMITS = ArchiveLimits()
-# What a damaged or hostile ZIP can make the standard library raise (besides BadZipFile).
-_ZIP_ERRORS = (
+# What a damaged or hostile ZIP can make the standard library raise while it is listed or read.
+ZIP_ERRORS = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
     OSError,
@@ -93,7 +93,7 @@ def open_zip(source: str | Path | BinaryIO) -> zipfile.ZipFile:
         raise InvalidArchiveError("this is not a ZIP file (or it is damaged)") from exc
     except OSError as exc:
         raise InvalidArchiveError(f"cannot read the ZIP: {exc}") from exc
-    except _ZIP_ERRORS as exc:
+    except ZIP_ERRORS as exc:
         raise InvalidArchiveError(f"the ZIP's directory is damaged ({type(exc).__name__}: {exc})") from exc
 
 
@@ -202,7 +202,7 @@ def read_zip_member(
         # Never more than the per-photo limit + 1 byte, whatever the header claims.
         with archive.open(info) as handle:
             data = handle.read(limits.max_member_uncompressed + 1)
-    except _ZIP_ERRORS as exc:
+    except ZIP_ERRORS as exc:
         return ArchiveEntry(name, None, f"cannot be read from the ZIP ({exc})", member)
     except Exception as exc:  # one damaged member never stops the others
         return ArchiveEntry(name, None, f"cannot be read from the ZIP ({type(exc).__name__}: {exc})", member)

@@ -26,7 +26,7 @@ from whales_identify.model.engines import onnx_path_for
 from whales_identify.model.torch_engine import export_onnx
 from whales_identify.training.catalogue_check import refuse_placeholders
 from whales_identify.training.data import load_dataset
-from whales_identify.training.evaluate import embed_files, gallery_from_outputs
+from whales_identify.training.evaluate import embed_files, gallery_of_rows
 from whales_identify.training.protocol import open_set, protocol_summary
 from whales_identify.training.tune import tune
 
@@ -144,13 +144,7 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
         log.warning("left out %s: %s", frame.at[bad, "image"], outputs[bad])
 
     def gallery_of(mask: np.ndarray) -> Gallery:
-        rows = np.flatnonzero(mask & ok)
-        return gallery_from_outputs(
-            [outputs[i] for i in rows],
-            frame["individual_id"].to_numpy()[rows].tolist(),
-            frame["species"].to_numpy()[rows].tolist(),
-            frame["image"].to_numpy()[rows].tolist(),
-        )
+        return gallery_of_rows(frame, outputs, np.flatnonzero(mask))
 
     # Tuned as it will be used: a catalogue of trained and never-trained animals, photos of both kinds.
     protocol = open_set(frame, "val", seed)

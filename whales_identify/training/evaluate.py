@@ -122,6 +122,24 @@ def gallery_from_outputs(
     )
 
 
+def gallery_of_rows(
+    frame: pd.DataFrame,
+    outputs: Sequence[ModelOutput | WhaleIdError],
+    rows: Sequence[int] | np.ndarray,
+    model_version: str = "",
+) -> Gallery:
+    """The photos at positions ``rows`` of a labels frame (``outputs`` aligned with it) as a catalogue;
+    the ones that could not be embedded are left out."""
+    positions = [int(i) for i in rows]
+    return gallery_from_outputs(
+        [outputs[i] for i in positions],
+        frame["individual_id"].to_numpy()[positions].tolist(),
+        frame["species"].to_numpy()[positions].tolist(),
+        frame["image"].to_numpy()[positions].tolist(),
+        model_version,
+    )
+
+
 def score_queries(
     identifier: Identifier, gallery: Gallery, outputs: Sequence[ModelOutput | WhaleIdError], frame: pd.DataFrame
 ) -> list[QueryRecord]:
