@@ -22,6 +22,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from app.config import AppConfig
 from app.view_model import md_escape, species_label
@@ -91,6 +93,35 @@ class BatchState:
     def photos_done(self) -> int:
         """Photos identified so far (rows of photos read, ok or failed; not skipped members)."""
         return sum(1 for row in self.rows if row.status != "skipped") - self.refused
+
+
+STOP_KEY = "batch_stop"  # the Batch page's Stop button (widget key)
+STOPPED_BY_USER = "you pressed Stop"
+
+
+def _stop_in(states: object) -> bool:
+    """Whether a rerun request's widget states carry the Stop button's click (its id ends with its key)."""
+    return any(
+        widget.id.endswith(f"-{STOP_KEY}") and widget.WhichOneof("value") == "trigger_value" and widget.trigger_value
+        for widget in getattr(states, "widgets", ())
+    )
+
+
+def why_batch_ended(exc: BaseException) -> str:
+    """What ended a running batch, read from the exception Streamlit raised into it: the rerun request
+    itself says whether Stop was clicked (reading the button in the next run alone missed a click that
+    came while another request was pending), and which page it is for."""
+    rerun = getattr(exc, "rerun_data", None)
+    if rerun is None:
+        if isinstance(exc, StopException):
+            return "the page was left or reloaded before the end"
+        return "an error ended it; the message is shown on the page"
+    if _stop_in(rerun.widget_states) or _stop_in(rerun.replay_trigger_states):
+        return STOPPED_BY_USER
+    current = get_script_run_ctx()
+    if rerun.page_script_hash and current is not None and rerun.page_script_hash != current.page_script_hash:
+        return "another page was opened before the end"
+    return "another control on the page was used before the end"
 
 
 # --- session state ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Whale & dolphin photo-identification — the web app.
 
 Run:  streamlit run app/streamlit_app.py
-Pages live in app/pages/; all the work is done by the ``whales_identify`` package.
+Pages live in app/views/ (not pages/: Streamlit runs a pages/ folder by itself, so a
+deep link to /batch on a fresh server skipped this script and its session set-up);
+all the work is done by the ``whales_identify`` package.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from app.state import init_session_state
 
 st.set_page_config(page_title="Whale & dolphin ID", page_icon="🐋", layout="wide")
 
-PAGES = Path(__file__).resolve().parent / "pages"
+VIEWS = Path(__file__).resolve().parent / "views"  # not pages/: Streamlit runs a pages/ folder by itself
 init_session_state()  # every session key the pages use, with its default, before any page runs
 navigation = st.navigation(
     [
-        st.Page(PAGES / "identify.py", title="Identify a photo", icon=":material/search:", default=True),
-        st.Page(PAGES / "batch.py", title="Batch", icon=":material/photo_library:"),
-        st.Page(PAGES / "catalogue.py", title="Catalogue", icon=":material/pets:"),
-        st.Page(PAGES / "about_model.py", title="About the model", icon=":material/info:"),
+        st.Page(VIEWS / "identify.py", title="Identify a photo", icon=":material/search:", default=True),
+        st.Page(VIEWS / "batch.py", title="Batch", icon=":material/photo_library:"),
+        st.Page(VIEWS / "catalogue.py", title="Catalogue", icon=":material/pets:"),
+        st.Page(VIEWS / "about_model.py", title="About the model", icon=":material/info:"),
     ]
 )
 with st.sidebar:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app import state
 from app.config import AppConfig
 from whales_identify.config import ImageLimits
 
@@ -99,7 +100,7 @@ def test_missing_model_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("WHALE_ID_CHECKPOINT", str(tmp_path / "missing.pt"))
     at = _app()
     assert "Identify a whale or dolphin" in at.title[0].value
-    at.switch_page("pages/about_model.py").run()
+    at.switch_page("views/about_model.py").run()
     assert not at.exception
     assert "The model could not be loaded" in _plain(at.error[0].value) and "missing.pt" in _plain(at.error[0].value)
 
@@ -108,10 +109,10 @@ def test_missing_model_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 @pytest.mark.parametrize(
     ("page", "title"),
     [
-        ("pages/identify.py", "Identify a whale or dolphin"),
-        ("pages/batch.py", "Batch identification"),
-        ("pages/catalogue.py", "Catalogue"),
-        ("pages/about_model.py", "About the model"),
+        ("views/identify.py", "Identify a whale or dolphin"),
+        ("views/batch.py", "Batch identification"),
+        ("views/catalogue.py", "Catalogue"),
+        ("views/about_model.py", "About the model"),
     ],
 )
 def test_every_page_renders_with_a_helpful_empty_state(page: str, title: str) -> None:
@@ -124,7 +125,7 @@ def test_every_page_renders_with_a_helpful_empty_state(page: str, title: str) ->
 
 
 # --- session state -----------------------------------------------------------------------------------
-PAGES = ["pages/identify.py", "pages/batch.py", "pages/catalogue.py", "pages/about_model.py"]
+PAGES = ["views/identify.py", "views/batch.py", "views/catalogue.py", "views/about_model.py"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -146,7 +147,7 @@ def test_session_defaults_never_overwrite_a_value() -> None:
     at = _app()
     at.session_state["actor"] = "keeps-this"
     at.session_state["cat_export"] = (b"zip", {"individuals": 0, "images": 0})
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     _no_failure(at)
     assert at.session_state["actor"] == "keeps-this"
     assert at.session_state["cat_export"][0] == b"zip"
@@ -257,7 +258,7 @@ def test_save_new_individual_then_it_is_recognised_and_listed() -> None:
     again = next(iter(at.session_state["photo_results"].values())).result
     assert "TEST-WHALE-1" in [c.individual_id for c in again.top5]
 
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     _no_failure(at)
     frames = [d.value for d in at.dataframe]
     assert any("TEST-WHALE-1" in frame.get("id", []).tolist() for frame in frames if hasattr(frame, "get"))
@@ -275,7 +276,7 @@ def test_batch_zip_gives_a_row_per_file_with_errors_and_csv() -> None:
         archive.writestr("trip/broken.jpg", b"\xff\xd8\xff not a photo")
         archive.writestr("trip/readme.txt", "notes")
     at = _app()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/batch.py").run()
     at.file_uploader[0].set_value(("trip.zip", buffer.getvalue(), "application/zip")).run()
     start = at.button(key="batch_start")
     assert start.label == f"Identify {len(photos) + 1} photos"  # the photos in the ZIP, not "1 file"
@@ -297,7 +298,7 @@ def test_batch_zip_gives_a_row_per_file_with_errors_and_csv() -> None:
 
 def test_batch_refuses_a_damaged_zip_as_a_row() -> None:
     at = _app()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/batch.py").run()
     at.file_uploader[0].set_value(("bad.zip", b"PK\x03\x04 not really", "application/zip")).run()
     [start] = [b for b in at.button if b.label == "Identify 1 file"]  # no photo can be counted in it
     start.click().run()
@@ -331,7 +332,7 @@ def test_batch_state_survives_reruns_and_ignored_members_get_no_row(monkeypatch:
         archive.writestr(f"__MACOSX/trip/._{photo.name}", b"resource fork")
         archive.writestr("trip/.hidden.jpg", b"hidden")
     at = _app()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/batch.py").run()
     at.file_uploader[0].set_value(("trip.zip", buffer.getvalue(), "application/zip")).run()
     [start] = [b for b in at.button if b.label == "Identify 1 photo"]  # __MACOSX/ and hidden files not counted
     start.click().run()
@@ -359,7 +360,7 @@ def test_catalogue_add_zip_then_browse_audit_and_export() -> None:
         for photo in photos:
             archive.writestr(f"ZIP-WHALE-7/{photo.name}", photo.read_bytes())
     at = _app()
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     _no_failure(at)
     [uploader] = [u for u in at.file_uploader if u.label == "ZIP of photos"]
     uploader.set_value(("new_whales.zip", buffer.getvalue(), "application/zip"))
@@ -393,7 +394,7 @@ def test_catalogue_refuses_a_bad_zip_with_the_reasons() -> None:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("W1/broken.jpg", b"\xff\xd8\xff not a photo")
     at = _app()
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     [uploader] = [u for u in at.file_uploader if u.label == "ZIP of photos"]
     uploader.set_value(("bad.zip", buffer.getvalue(), "application/zip"))
     [species] = [s for s in at.selectbox if s.label.startswith("Species of new individuals")]
@@ -494,7 +495,7 @@ def test_every_csv_download_neutralises_formulas(monkeypatch: pytest.MonkeyPatch
         archive.writestr("@SUM(1).jpg", b"\xff\xd8\xff not a photo")
         archive.writestr("-2+3.txt", "notes")
     at = _app()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/batch.py").run()
     at.file_uploader[0].set_value(("trip.zip", buffer.getvalue(), "application/zip")).run()
     at.button(key="batch_start").click().run()
     _no_failure(at)
@@ -505,7 +506,7 @@ def test_every_csv_download_neutralises_formulas(monkeypatch: pytest.MonkeyPatch
     enrol = io.BytesIO()
     with zipfile.ZipFile(enrol, "w") as archive:
         archive.writestr(f"CSV-WHALE-1/{photo.name}", photo.read_bytes())
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     [uploader] = [u for u in at.file_uploader if u.label == "ZIP of photos"]
     uploader.set_value(("new.zip", enrol.getvalue(), "application/zip"))
     [species] = [s for s in at.selectbox if s.label.startswith("Species of new individuals")]
@@ -583,7 +584,7 @@ def test_user_text_is_shown_literally_never_as_markdown() -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(f"_A_/{HOSTILE_NAME}.jpg", photo.read_bytes())
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     [uploader] = [u for u in at.file_uploader if u.label == "ZIP of photos"]
     uploader.set_value((f"{HOSTILE_TEXT}.zip", buffer.getvalue(), "application/zip"))
     [species] = [s for s in at.selectbox if s.label.startswith("Species of new individuals")]
@@ -646,7 +647,7 @@ def test_import_of_one_individual_says_so_in_the_singular(monkeypatch: pytest.Mo
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(f"ONE-WHALE/{photo.name}", photo.read_bytes())
     at = _app()
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     [uploader] = [u for u in at.file_uploader if u.label == "ZIP of photos"]
     uploader.set_value(("one.zip", buffer.getvalue(), "application/zip"))
     [species] = [s for s in at.selectbox if s.label.startswith("Species of new individuals")]
@@ -660,7 +661,7 @@ def test_import_of_one_individual_says_so_in_the_singular(monkeypatch: pytest.Mo
 
     monkeypatch.setenv("WHALE_ID_HOME", str(tmp_path / "another_catalogue"))
     other = _app()
-    other.switch_page("pages/catalogue.py").run()
+    other.switch_page("views/catalogue.py").run()
     [uploader] = [u for u in other.file_uploader if u.label == "Catalogue export (ZIP)"]
     uploader.set_value(("export.zip", data, "application/zip"))
     [start] = [b for b in other.button if b.label == "Import"]
@@ -677,7 +678,7 @@ def test_a_rejected_photo_shows_one_probability_in_the_table_and_the_detail() ->
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(row["image"], (PHOTO_DIR / row["image"]).read_bytes())
     at = _app()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/batch.py").run()
     at.file_uploader[0].set_value(("negative.zip", buffer.getvalue(), "application/zip")).run()
     at.button(key="batch_start").click().run()
     _no_failure(at)
@@ -705,7 +706,7 @@ def test_a_blank_name_is_recorded_as_anonymous_not_the_server_user() -> None:
     [save] = [b for b in at.button if b.label == "Save to catalogue"]
     save.click().run()
     _no_failure(at)
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     [audit] = [d.value for d in at.dataframe if "action" in d.value.columns and "individual_id" in d.value.columns]
     assert audit["actor"].tolist() == ["anonymous (app)"]
     assert getpass.getuser() not in audit["actor"].tolist()
@@ -717,7 +718,7 @@ def test_a_zip_of_new_individuals_without_species_says_what_to_add() -> None:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(f"NO-SPECIES-1/{photo.name}", photo.read_bytes())
     at = _app()
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     [uploader] = [u for u in at.file_uploader if u.label == "ZIP of photos"]
     uploader.set_value(("new.zip", buffer.getvalue(), "application/zip"))
     [add] = [b for b in at.button if b.label == "Add to catalogue"]
@@ -751,7 +752,7 @@ def test_long_ids_are_shortened_on_the_chart_with_the_full_id_in_the_tooltip() -
 
 def test_about_opens_with_a_plain_language_summary_before_the_model_card() -> None:
     at = _app()
-    at.switch_page("pages/about_model.py").run()
+    at.switch_page("views/about_model.py").run()
     _no_failure(at)
     assert at.subheader[0].value == "In short, for biologists"
     texts = [m.value for m in at.markdown]
@@ -829,7 +830,7 @@ def test_batch_map_draws_coastlines_framed_to_far_apart_points_with_labels() -> 
         archive.writestr("survey/sydney.jpg", _with_gps(photo, -33.86, 151.21))
         archive.writestr("survey/no_gps.jpg", photo)
     at = _app()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/batch.py").run()
     at.file_uploader[0].set_value(("survey.zip", buffer.getvalue(), "application/zip")).run()
     at.button(key="batch_start").click().run()
     _no_failure(at)
@@ -863,9 +864,9 @@ def test_an_identified_photo_is_still_shown_after_visiting_another_page(analyse_
     at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
     _no_failure(at)
     assert at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart")
-    at.switch_page("pages/catalogue.py").run()
+    at.switch_page("views/catalogue.py").run()
     _no_failure(at)
-    at.switch_page("pages/identify.py").run()
+    at.switch_page("views/identify.py").run()
     _no_failure(at)
     assert at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart"), "the result is shown again"
     assert f"Showing {photo.name}, uploaded earlier in this session" in _texts(at)
@@ -905,12 +906,12 @@ def _four_photo_zip() -> bytes:
 def test_a_batch_left_half_way_keeps_its_rows_and_says_how_far_it_got(monkeypatch: pytest.MonkeyPatch) -> None:
     _stopping_after(monkeypatch, 2)
     at = _app()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/batch.py").run()
     at.file_uploader[0].set_value(("trip.zip", _four_photo_zip(), "application/zip")).run()
     at.button(key="batch_start").click().run()
     assert not at.exception
-    at.switch_page("pages/catalogue.py").run()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/catalogue.py").run()
+    at.switch_page("views/batch.py").run()
     _no_failure(at)
     batch = at.session_state["batch"]
     assert len(batch.rows) == 2 and not batch.finished
@@ -923,7 +924,7 @@ def test_a_batch_left_half_way_keeps_its_rows_and_says_how_far_it_got(monkeypatc
 def test_the_stop_button_ends_a_batch_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     _stopping_after(monkeypatch, 1)  # what Streamlit does to the running batch when Stop is pressed
     at = _app()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("views/batch.py").run()
     at.file_uploader[0].set_value(("trip.zip", _four_photo_zip(), "application/zip")).run()
     at.button(key="batch_start").click().run()
     at.button(key="batch_stop").click().run()
@@ -942,6 +943,32 @@ def test_the_model_card_figures_are_shown_as_images_not_broken_links() -> None:
     assert images and all(path is not None and path.is_file() for _, path in images)
     assert not any("![" in text for kind, text, _ in parts if kind == "markdown")
     at = _app()
-    at.switch_page("pages/about_model.py").run()
+    at.switch_page("views/about_model.py").run()
     _no_failure(at)
     assert len(at.get("image")) >= len(images)
+
+
+def _rerun_with(widgets: list[tuple[str, bool]], page_script_hash: str = "") -> BaseException:
+    """The RerunException Streamlit raises into a running script, carrying the browser's widget states."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetStates
+    from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+
+    states = WidgetStates()
+    for widget_id, pressed in widgets:
+        state = states.widgets.add()
+        state.id, state.trigger_value = widget_id, pressed
+    return RerunException(RerunData(widget_states=states, page_script_hash=page_script_hash))
+
+
+def test_why_a_batch_ended_is_read_from_the_request_that_ended_it() -> None:
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    stop = f"$$ID-0123abcd-{state.STOP_KEY}"
+    assert state.why_batch_ended(_rerun_with([("$$ID-99-batch_min_p", False), (stop, True)])) == "you pressed Stop"
+    assert state.why_batch_ended(_rerun_with([(stop, False), ("$$ID-1-batch_upload", True)])).startswith(
+        "another control"
+    ), "a Stop button present but not clicked is not a Stop"
+    assert state.why_batch_ended(_rerun_with([("$$ID-2-not_batch_stop_really", True)])).startswith("another")
+    assert state.why_batch_ended(StopException()) == "the page was left or reloaded before the end"
+    assert state.why_batch_ended(RuntimeError("bug")).startswith("an error ended it")

@@ -203,17 +203,17 @@ def test_a_failing_page_leaves_the_other_pages_working(monkeypatch: pytest.Monke
 
     with monkeypatch.context() as patch:
         patch.setattr(Catalog, "individuals", broken)
-        at.switch_page("pages/catalogue.py").run()
+        at.switch_page("views/catalogue.py").run()
         assert not at.exception
         errors = [e.value for e in at.error]
         assert errors and "Something went wrong" in errors[0] and "secret internal detail" not in errors[0]
 
-    at.switch_page("pages/identify.py").run()
+    at.switch_page("views/identify.py").run()
     photo = sorted(DATA.glob("*.jpg"))[0]
     at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.get("vega_lite_chart"), "the identify page still identifies"
-    at.switch_page("pages/catalogue.py").run()  # and the failed page recovers once its fault is gone
+    at.switch_page("views/catalogue.py").run()  # and the failed page recovers once its fault is gone
     assert not at.exception and not at.error, [e.value for e in at.error]
 
 

@@ -9,6 +9,7 @@ Run: pytest tests/e2e -q
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,8 +98,9 @@ def shots() -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def server():
+@contextlib.contextmanager
+def _app_server(record_memory: bool = False) -> Iterator[str]:
+    """A fresh Streamlit server on a free port with an empty user catalogue; its log must hold no traceback."""
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHALE_ID_HOME": tempfile.mkdtemp(prefix="whale_id_catalogue_")}
     log = tempfile.NamedTemporaryFile(prefix="streamlit_", suffix=".log", delete=False)  # noqa: SIM115 - kept open for the server's life
@@ -138,16 +141,25 @@ def server():
         pytest.fail(f"streamlit did not start; log: {log.name}")
     if process.poll() is not None:
         pytest.fail(f"streamlit exited ({process.returncode}); log: {Path(log.name).read_text()[-2000:]}")
-    yield url
-    _record_server_memory(process.pid)
-    process.terminate()
     try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        yield url
+        if record_memory:
+            _record_server_memory(process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
     text = Path(log.name).read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with _app_server(record_memory=True) as url:
+        yield url
 
 
 def _record_server_memory(pid: int) -> None:
@@ -419,3 +431,22 @@ def test_each_page_opens_first_from_its_url(page, server, path, title):
     page.locator("h1").filter(has_text=title).first.wait_for()
     _settled(page)
     assert page.locator("[data-testid='stAlertContentError']").count() == 0
+
+
+def test_a_bookmarked_page_works_on_a_fresh_server(browser):
+    """The first visitor of a just-started server opens /batch from a bookmark: the page must run through
+    the app's entry script (session set-up included), not as a stand-alone script (a KeyError once)."""
+    with _app_server() as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 1800})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            for path, heading in (("batch", "Batch identification"), ("catalogue", "Catalogue")):
+                page.goto(f"{url}/{path}")
+                page.locator("h1").filter(has_text=heading).first.wait_for()
+                _settled(page)
+                assert "Something went wrong" not in page.inner_text("body")
+            sidebar = page.locator("[data-testid='stSidebarNav']").inner_text()
+            assert "Identify a photo" in sidebar and "streamlit app" not in sidebar.lower(), sidebar
+        finally:
+            context.close()

@@ -12,7 +12,17 @@ import streamlit as st
 from app import charts, panels
 from app import view_model as vm
 from app.guard import run_guarded
-from app.state import BatchState, app_config, batch_mask, batch_state, get_identifier, set_batch_state
+from app.state import (
+    STOP_KEY,
+    STOPPED_BY_USER,
+    BatchState,
+    app_config,
+    batch_mask,
+    batch_state,
+    get_identifier,
+    set_batch_state,
+    why_batch_ended,
+)
 from whales_identify.batch.local import BatchRow, identify_entries, write_csv
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import ArchiveEntry, is_image_name, iter_photos, list_zip, open_zip
@@ -106,7 +116,7 @@ def _run(files, signature: tuple[tuple[str, int, str], ...]) -> BatchState:
     stop_slot.button(
         "Stop",
         icon=":material/stop_circle:",
-        key="batch_stop",
+        key=STOP_KEY,
         help="Stop after the photo being identified; the results so far are kept.",
     )
     start = time.perf_counter()
@@ -131,8 +141,8 @@ def _run(files, signature: tuple[tuple[str, int, str], ...]) -> BatchState:
     try:
         for _ in stream:
             pass
-    except BaseException:  # StopException / RerunException (Stop, another page, reload), or a real error
-        batch.stopped = "the page was left or reloaded before the end"  # the next run may say Stop instead
+    except BaseException as exc:  # StopException / RerunException (Stop, another page, reload), or a real error
+        batch.stopped = why_batch_ended(exc)  # the next run also says Stop when it sees the button pressed
         raise
     finally:
         stream.close()  # the package drops its queued work and gives numpy its threads back
@@ -272,8 +282,8 @@ def body() -> None:
         max_upload_size=config.max_batch_upload_mb,
     )
     batch = batch_state()
-    if batch is not None and not batch.finished and st.session_state.get("batch_stop"):
-        batch.stopped = "you pressed Stop"  # this run was caused by the Stop button, which ended the batch
+    if batch is not None and not batch.finished and st.session_state.get(STOP_KEY):
+        batch.stopped = STOPPED_BY_USER  # this run was caused by the Stop button, which ended the batch
     if files:
         signature = tuple((f.name, f.size, getattr(f, "file_id", "")) for f in files)
         if batch is None or batch.signature != signature or not batch.finished:
