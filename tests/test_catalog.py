@@ -19,10 +19,13 @@ from PIL import Image
 from whales_identify.catalog.enrol import EnrolmentError, enrol_photo, enrol_zip
 from whales_identify.catalog.exchange import CatalogImportError, export_catalog, import_catalog
 from whales_identify.catalog.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
     Catalog,
     CatalogError,
     DuplicateIndividualError,
     NewImage,
+    Review,
     StaleModelError,
     UnknownIndividualError,
     default_path,
@@ -132,11 +135,55 @@ def test_schema_wal_and_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("WHALE_ID_HOME", str(tmp_path / "home" / "sub"))
     assert default_path() == tmp_path / "home" / "sub" / "catalog.sqlite3"
     with Catalog() as cat:
-        assert cat.path.exists() and cat.schema_version == 1
+        assert cat.path.exists() and cat.schema_version == SCHEMA_VERSION == 2
         assert cat.query("PRAGMA journal_mode")[0][0] == "wal"
-        assert cat.query("SELECT version FROM schema_version")[0][0] == 1
+        assert [r[0] for r in cat.query("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
     with Catalog(cat.path) as again:  # reopening does not migrate twice
-        assert len(again.query("SELECT * FROM schema_version")) == 1
+        assert len(again.query("SELECT * FROM schema_version")) == 2
+
+
+def test_a_version_1_catalogue_is_upgraded_keeping_its_photos(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    with sqlite3.connect(path) as conn:  # what the previous release created
+        MIGRATIONS[1](conn)
+        conn.execute("INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00+00:00')")
+        conn.execute("PRAGMA user_version = 1")
+    with Catalog(path, base_gallery(), actor="tester") as cat:
+        cat.add_images([record(1, "A", random_unit(np.random.default_rng(0), 1)[0])])
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 1")  # an old file with a photo: upgraded on the next open
+        conn.execute("DELETE FROM schema_version WHERE version = 2")
+        conn.execute("DROP TABLE reviews")
+        conn.execute("ALTER TABLE images DROP COLUMN keypoints")
+    with Catalog(path, base_gallery(), actor="tester") as cat:
+        assert cat.schema_version == 2
+        assert cat.query("SELECT individual_id, keypoints FROM images")[0][:] == ("A", None)
+        assert cat.reviews().empty
+
+
+def test_reviews_are_recorded_validated_and_saved_with_their_photos(catalog: Catalog) -> None:
+    rng = np.random.default_rng(3)
+    digest = "ab" * 32
+    catalog.record_reviews([Review(digest, "B1", "different", "trip/1.jpg", {"rank": 1})])
+    before = snapshot(catalog.path), catalog.reviews()
+    for bad in (
+        Review(digest, "B1", "maybe"),  # not a decision
+        Review("not-a-digest", "B1", "same"),
+        Review(digest, "nobody", "same"),  # no such individual
+    ):
+        with pytest.raises(CatalogError):
+            catalog.record_reviews([Review(digest, "B2", "same"), bad])  # all or nothing
+        assert snapshot(catalog.path) == before[0] and len(catalog.reviews()) == 1
+    image = record(7, "C", random_unit(rng, 1)[0])  # a new individual, created with its review
+    verdict = Review(image.sha256, "C", "same", "trip/7.jpg", {"probability": 0.9})
+    catalog.add_images([image], reviews=[verdict])
+    reviews = catalog.reviews()
+    assert list(reviews["decision"]) == ["different", "same"] and reviews["actor"].eq("tester").all()
+    assert reviews["details"].iloc[1] == {"probability": 0.9}
+    assert list(catalog.reviews(image.sha256)["individual_id"]) == ["C"]
+    with pytest.raises(UnknownIndividualError):  # a failed save stores neither photos nor verdicts
+        catalog.add_images([record(8, "nobody", random_unit(rng, 1)[0], new=False)], reviews=[verdict])
+    assert len(catalog.reviews()) == 2
 
 
 def test_newer_schema_refused(tmp_path: Path) -> None:

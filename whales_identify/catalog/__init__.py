@@ -2,13 +2,16 @@
 
 from whales_identify.catalog.enrol import EnrolmentError, enrol_photo, enrol_zip
 from whales_identify.catalog.exchange import CatalogImportError, export_catalog, import_catalog
-from whales_identify.catalog.store import Catalog, CatalogError, default_path
+from whales_identify.catalog.store import REVIEW_DECISIONS, REVIEW_LABELS, Catalog, CatalogError, Review, default_path
 
 __all__ = [
+    "REVIEW_DECISIONS",
+    "REVIEW_LABELS",
     "Catalog",
     "CatalogError",
     "CatalogImportError",
     "EnrolmentError",
+    "Review",
     "default_path",
     "enrol_photo",
     "enrol_zip",

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -35,6 +35,9 @@ from whales_identify.inputs.text import InvalidTextError, validate_individual_id
 from whales_identify.matching.gallery import Gallery
 
 ACTIONS = ("enrolled", "confirmed", "renamed", "merged", "removed", "imported", "reembedded")
+# A reviewer's verdict on "this photo shows that individual" (the photo-ID vocabulary).
+REVIEW_DECISIONS = ("same", "different", "cannot_tell")
+REVIEW_LABELS = {"same": "Same", "different": "Different", "cannot_tell": "Cannot tell"}
 BBox = tuple[float, float, float, float]  # (min_lat, min_lon, max_lat, max_lon)
 
 
@@ -108,6 +111,17 @@ class NewImage:
     tags: str = ""
 
 
+@dataclass(frozen=True)
+class Review:
+    """A reviewer's verdict on one photo against one catalogued individual (``REVIEW_DECISIONS``)."""
+
+    photo_sha256: str  # the reviewed photo's SHA-256 (hex), whether or not it is stored
+    individual_id: str  # the candidate that was compared
+    decision: str  # "same", "different" or "cannot_tell"
+    photo_name: str = ""  # the file name it came with (data, shown as plain text)
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. rank, probability, inliers, model version
+
+
 @dataclass
 class CatalogGallery(Gallery):
     """A ``Gallery`` that also says how many rows were left out for being from another model."""
@@ -154,15 +168,41 @@ CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL)
 """
 
 
-def _create_v1(conn: sqlite3.Connection) -> None:
+# Version 2: each photo's keypoints for the verification stage (matching/verify.py; NULL until computed),
+# and the reviewers' Same / Different / Cannot tell verdicts, one row per decision.
+_SCHEMA_V2 = f"""
+ALTER TABLE images ADD COLUMN keypoints BLOB;
+CREATE TABLE reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    photo_sha256 TEXT NOT NULL,
+    photo_name TEXT NOT NULL DEFAULT '',
+    individual_id TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ({", ".join(repr(d) for d in REVIEW_DECISIONS)})),
+    details TEXT NOT NULL DEFAULT '{{}}',
+    actor TEXT NOT NULL
+);
+CREATE INDEX reviews_photo ON reviews(photo_sha256);
+"""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
     # statement by statement: executescript() would COMMIT the migration's transaction
-    for statement in _SCHEMA_V1.split(";"):
+    for statement in script.split(";"):
         if statement.strip():
             conn.execute(statement)
 
 
+def _create_v1(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _SCHEMA_V1)
+
+
+def _upgrade_v2(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _SCHEMA_V2)
+
+
 # Migration hook: MIGRATIONS[n] upgrades a version n-1 database to version n (inside one transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1, 2: _upgrade_v2}
 SCHEMA_VERSION = max(MIGRATIONS)
 _KIND_ORDER = {"trigger": 0, "view": 1, "table": 2, "index": 3}
 
@@ -597,16 +637,20 @@ class Catalog:
         return (int(rows[0]["id"]), str(rows[0]["individual_id"])) if rows else None
 
     # --- writes ------------------------------------------------------------------------------
-    def add_images(self, images: Sequence[NewImage], actor: str | None = None) -> list[int | None]:
+    def add_images(
+        self, images: Sequence[NewImage], actor: str | None = None, reviews: Sequence[Review] = ()
+    ) -> list[int | None]:
         """Store photos in ONE transaction (all or nothing); a photo already stored gives None.
 
         Id rules are checked inside the transaction, so two processes cannot both
         "add as new" the same id: ``new`` ids must not exist before this batch; the others
-        must exist in the user's catalogue or the bundled one.
+        must exist in the user's catalogue or the bundled one. ``reviews`` (the verdicts behind
+        these photos, e.g. a reviewed batch) are recorded in the same transaction.
         """
         actor = actor or self.actor
         ids: list[int | None] = []
         with self.transaction() as conn:
+            self._insert_reviews(conn, reviews, actor, {img.individual_id for img in images if img.new})
             existing = {img.individual_id for img in images if self._exists(conn, img.individual_id)}
             created: set[str] = set()
             for img in images:
@@ -632,6 +676,42 @@ class Catalog:
                 }
                 self.audit(conn, "enrolled" if img.new else "confirmed", img.individual_id, details, actor)
         return ids
+
+    def record_reviews(self, reviews: Sequence[Review], actor: str | None = None) -> int:
+        """Record verdicts without storing photos (e.g. "Different", "Cannot tell"), in one transaction."""
+        with self.transaction() as conn:
+            self._insert_reviews(conn, reviews, actor or self.actor)
+        return len(reviews)
+
+    def _insert_reviews(
+        self, conn: sqlite3.Connection, reviews: Sequence[Review], actor: str, created: Iterable[str] = ()
+    ) -> None:
+        """Validate every verdict (unknown decision, malformed digest, unknown individual: CatalogError)
+        before writing any; ``created`` are ids this same transaction adds."""
+        created = set(created)
+        for review in reviews:
+            if review.decision not in REVIEW_DECISIONS:
+                raise InvalidValueError(f"a review decision is one of {', '.join(REVIEW_DECISIONS)}")
+            digest = review.photo_sha256.lower()
+            if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+                raise InvalidValueError("a reviewed photo is named by its SHA-256 (64 hexadecimal digits)")
+            known = review.individual_id in created or self.in_base(review.individual_id)
+            if not known and not self._exists(conn, review.individual_id):
+                raise UnknownIndividualError(f"no individual {review.individual_id!r} in the catalogue to review")
+        for review in reviews:
+            conn.execute(
+                "INSERT INTO reviews (at, photo_sha256, photo_name, individual_id, decision, details, actor)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    now(),
+                    review.photo_sha256.lower(),
+                    review.photo_name,
+                    review.individual_id,
+                    review.decision,
+                    json.dumps(review.details, sort_keys=True, default=str),
+                    actor,
+                ),
+            )
 
     def _exists(self, conn: sqlite3.Connection, individual_id: str) -> bool:
         return conn.execute("SELECT 1 FROM individuals WHERE id = ?", (individual_id,)).fetchone() is not None
@@ -965,5 +1045,18 @@ class Catalog:
             (individual_id,) if individual_id else (),
         )
         frame = pd.DataFrame([dict(r) for r in rows], columns=list(AUDIT_COLUMNS))
+        frame["details"] = frame["details"].map(json.loads)
+        return frame
+
+    def reviews(self, photo_sha256: str | None = None) -> pd.DataFrame:
+        """Recorded verdicts, oldest first (all, or one photo's); ``details`` parsed from JSON."""
+        columns = ("id", "at", "photo_sha256", "photo_name", "individual_id", "decision", "details", "actor")
+        rows = self.query(
+            f"SELECT {', '.join(columns)} FROM reviews"
+            + (" WHERE photo_sha256 = ?" if photo_sha256 else "")
+            + " ORDER BY id",
+            (photo_sha256.lower(),) if photo_sha256 else (),
+        )
+        frame = pd.DataFrame([dict(r) for r in rows], columns=list(columns))
         frame["details"] = frame["details"].map(json.loads)
         return frame
