@@ -28,6 +28,28 @@ class Candidate:
         }
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """Keypoint evidence (matching/verify.py) that the photo shows one candidate: the candidate's
+    catalogue photo whose local pattern agrees best with the query, and the agreeing points."""
+
+    individual_id: str
+    inliers: int  # keypoint matches consistent with one similarity transform
+    verified: bool  # inliers >= VerifyConfig.verified_inliers: a match the keypoints confirm
+    photo: str  # the catalogue photo matched: a bundled image name, or "user:<image id>"
+    query_points: np.ndarray = field(repr=False)  # (inliers, 2) float32, pixels of the query photo (photo_size)
+    photo_points: np.ndarray = field(repr=False)  # (inliers, 2) float32, pixels of the catalogue photo at photo_size
+    photo_size: tuple[int, int] = (0, 0)  # (width, height) that photo_points refer to
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "individual_id": self.individual_id,
+            "inliers": self.inliers,
+            "verified": self.verified,
+            "photo": self.photo,
+        }
+
+
 @dataclass
 class Identification:
     """The answer for one photo.
@@ -48,6 +70,20 @@ class Identification:
     photo_size: tuple[int, int] | None = None  # (width, height) of the photo the box refers to
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32), repr=False)
     species_probabilities: dict[str, float] = field(default_factory=dict, repr=False)
+    # Keypoint evidence for the candidates the verification stage checked (best first); empty when
+    # verification did not run (not asked for, another species, no keypoints in the catalogue).
+    evidence: tuple[Evidence, ...] = ()
+
+    def evidence_for(self, individual_id: str) -> Evidence | None:
+        """The keypoint evidence for one candidate, if it was checked."""
+        return next((e for e in self.evidence if e.individual_id == individual_id), None)
+
+    @property
+    def verified(self) -> bool:
+        """The top answer is a known individual that the keypoints confirm."""
+        best = self.best
+        found = self.evidence_for(best.individual_id) if best and not (self.rejected or self.new_individual) else None
+        return bool(found and found.verified)
 
     def box_for(self, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
         """The animal's box in the same photo decoded at ``size`` (e.g. the app's display size)."""
@@ -92,6 +128,8 @@ class Identification:
             "top5": [c.to_dict() for c in self.top5],
             "box": list(self.box) if self.box else None,
             "photo_size": list(self.photo_size) if self.photo_size else None,
+            "verified": self.verified,
+            "evidence": [e.to_dict() for e in self.evidence],
         }
         if with_embedding:
             data["embedding"] = [round(float(v), 6) for v in self.embedding]
