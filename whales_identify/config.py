@@ -260,7 +260,9 @@ class CatalogConfig:
     default_home: str = "~/.local/share/whales_identify"
     file_name: str = "catalog.sqlite3"
     busy_timeout_ms: int = 30_000  # a second writer waits this long for the lock instead of failing
-    crop_long_side: int = 384  # stored crop: enough to recompute embeddings when the model changes
+    # stored photo (the whole photo, reduced): enough to recompute embeddings when the model changes, and shown
+    # at >= 512 px when a reviewer compares a new photo with it (catalog/photos.py)
+    crop_long_side: int = 768
     crop_quality: int = 90
     thumbnail_size: int = 128
     thumbnail_quality: int = 80
@@ -280,8 +282,8 @@ class ExchangeLimits:
     max_manifest_bytes: int = 64 * 1024 * 1024  # one checksum per member
     max_table_bytes: int = 64 * 1024 * 1024  # individuals.csv, images.csv, audit_log.csv, each
     max_embeddings_bytes: int = 1024**3  # each embeddings/<n>.npy (300,000 × 512 float32 is 600 MB)
-    max_image_bytes: int = 8 * 1024 * 1024  # each thumbnail or crop (a stored crop is about 50 kB)
-    max_image_side: int = 4096  # px; stored crops are 384 px, thumbnails 128 (re-embedding decodes crops whole)
+    max_image_bytes: int = 8 * 1024 * 1024  # each thumbnail or crop (a stored crop is about 100-200 kB)
+    max_image_side: int = 4096  # px; stored crops are 768 px, thumbnails 128 (re-embedding decodes crops whole)
     max_compression_ratio: float = 200.0  # each member over 1 MiB, and the whole export
     max_text_chars: int = 10_000  # any one text cell (notes, tags, a file name)
     norm_tolerance: float = 1e-3  # an embedding is unit length: |‖e‖ − 1| ≤ this
@@ -450,3 +452,20 @@ class LocaliserTrainConfig:
     negative_views: int = 2  # extra jittered crops of each training negative
     blank_frames: int = 60  # flat or noisy single-colour frames: negatives
     threads: int = 2
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """The bundled catalogue's comparison photos (``models/comparison_photos.zip``, built by
+    ``python -m whales_identify photos`` with ``training/comparison.py``, read by ``catalog/photos.py``):
+    whole photos a reviewer compares a new photo with, chosen per individual by
+    ``matching.selection.select_per_individual`` (most typical first, then the most different)."""
+
+    asset: str = str(MODELS_DIR / "comparison_photos.zip")
+    long_side: int = 640  # stored long side (smaller photos are kept at their size: enlarging adds nothing)
+    quality: int = 80  # JPEG quality (optimised Huffman tables)
+    per_individual: int = 6  # photos per individual, unless its species is listed below
+    # Right whales: K >= the verification stage's keypoint photos, so the photo it matched is always here.
+    species_per_individual: tuple[tuple[str, int], ...] = (("north_atlantic_right_whale", 4),)
+    max_bytes: int = 22_000_000  # the whole asset: the repository's working tree must stay small
+    min_display_side: int = 512  # the app shows each photo's long side at least this large (enlarged if needed)

@@ -12,6 +12,7 @@ from pathlib import Path
 from whales_identify.cli.catalog import register as register_catalog
 from whales_identify.cli.localiser import register as register_localiser
 from whales_identify.cli.options import add_model_options, add_search_options, positive_int
+from whales_identify.cli.photos import register as register_photos
 from whales_identify.config import (
     DEFAULT_CHECKPOINT,
     DEFAULT_DATA_ROOT,
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_catalog(sub)
     register_localiser(sub)
+    register_photos(sub)
     return parser
 
 
