@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import charts, panels
 from app import view_model as vm
+from app.comparison import comparison_panel
 from app.guard import run_guarded
 from app.state import PhotoResult, app_config, examples, get_identifier, photo_result, services
 from whales_identify.catalog.enrol import enrol_photo
@@ -134,7 +135,7 @@ def body() -> None:
             )
         st.caption(f"Computed in {photo.seconds:.1f} s · model {identifier.model_version or 'unversioned'}")
     if not result.rejected:
-        panels.side_by_side(photo.image, result.box_for(photo.image.size), result, identifier.gallery.thumbnails)
+        comparison_panel(photo)
         _save_form(photo)
 
 
