@@ -100,9 +100,10 @@ def species_counts_chart(frame: pd.DataFrame) -> alt.Chart:
 
 
 def confidence_histogram(frame: pd.DataFrame) -> alt.Chart:
-    """How sure the answers are, known and new individuals stacked, from ``view_model.batch_frame``'s rows."""
+    """How sure the answers are, known and new individuals and rejected photos (the probability that they
+    show no whale or dolphin) stacked apart, from ``view_model.batch_frame``'s rows."""
     return (
-        alt.Chart(frame)
+        alt.Chart(frame[["file", "probability", "answer_kind"]])  # only what is drawn travels to the browser
         .mark_bar(color=OCEAN_LIGHT)
         .encode(
             x=alt.X(
@@ -128,7 +129,8 @@ def confidence_histogram(frame: pd.DataFrame) -> alt.Chart:
 def positions_map(frame: pd.DataFrame, height: int = 420) -> alt.LayerChart:
     """The photos' GPS positions on an offline world outline (``whales_identify.world``), framed to the
     positions (one point: the region around it; points oceans apart: all of them), each labelled."""
-    located = frame.dropna(subset=["lat", "lon"]).copy()
+    columns = [c for c in ("file", "individual", "species", "taken_at", "lat", "lon") if c in frame.columns]
+    located = frame.dropna(subset=["lat", "lon"])[columns].copy()  # only what is drawn travels to the browser
     located["place"] = located["file"].map(lambda f: short_id(str(f).rsplit("/", 1)[-1], 24))
     box = view_box(located["lat"].tolist(), located["lon"].tolist())
     fit = {"type": "Feature", "geometry": box_corners(box), "properties": {}}

@@ -28,6 +28,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 from app.config import AppConfig
 from app.view_model import md_escape, species_label
 from whales_identify.batch.local import BatchRow
+from whales_identify.catalog.review import ReviewDecision
 from whales_identify.catalog.store import default_path
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import is_image_name
@@ -88,6 +89,13 @@ class BatchState:
     finished: bool = False  # every row arrived
     stopped: str = ""  # why it ended early ("you pressed Stop", "the page was left or reloaded")
     refused: int = 0  # files refused before reading (too large, damaged ZIP): rows, but not photos
+    # Review (app/review.py): each photo's SHA-256 (its bytes are read again from the uploads to save it),
+    # the reviewer's verdicts, those already saved (file -> what was saved), the photo on screen.
+    sha256: dict[str, str] = field(default_factory=dict)
+    decisions: dict[str, ReviewDecision] = field(default_factory=dict)
+    saved: dict[str, str] = field(default_factory=dict)
+    review_at: str | None = None
+    fixing: str | None = None  # the verdict whose correction panel is open ("different", or "same" on a new answer)
 
     @property
     def photos_done(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import streamlit as st
 from app import charts, panels
 from app import view_model as vm
 from app.guard import run_guarded
+from app.review import review_column, review_section
 from app.state import (
     STOP_KEY,
     STOPPED_BY_USER,
@@ -26,6 +28,9 @@ from app.state import (
 from whales_identify.batch.local import BatchRow, identify_entries, write_csv
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import ArchiveEntry, is_image_name, iter_photos, list_zip, open_zip
+
+VIEWS = ("Table, charts and map", "Review the answers")  # the results, or the review mode (app/review.py)
+REVIEW = VIEWS[1]
 
 
 def _count_photos(files) -> int:
@@ -91,6 +96,15 @@ def _entries(sources, stash: dict[str, bytes]) -> Iterator[ArchiveEntry]:
             yield entry
 
 
+def _uploaded_photos(files) -> Iterator[tuple[str, bytes | None]]:
+    """Every photo of the uploads again, named as the batch named them (to save reviewed photos)."""
+    sources, _, _ = _plan(files)
+    for kind, name, item in sources:
+        entries = [ArchiveEntry(name, item.getvalue())] if kind == "photo" else _zip_entries(name, item)
+        for entry in entries:
+            yield entry.name, entry.data
+
+
 def _zip_entries(prefix: str, item) -> Iterator[ArchiveEntry]:
     try:
         for entry in iter_photos(io.BytesIO(item.getvalue())):
@@ -124,9 +138,10 @@ def _run(files, signature: tuple[tuple[str, int, str], ...]) -> BatchState:
     def on_row(row: BatchRow) -> None:
         rows.append(row)
         batch.seconds = time.perf_counter() - start
-        preview, thumb = vm.preview_and_thumbnail(
-            stash.pop(row.file, None), config.preview_long_side, config.thumbnail_px
-        )
+        data = stash.pop(row.file, None)
+        if data is not None and row.status == "ok":  # its digest: the reviewed photo is found again to save it
+            batch.sha256[row.file] = hashlib.sha256(data).hexdigest()
+        preview, thumb = vm.preview_and_thumbnail(data, config.preview_long_side, config.thumbnail_px)
         if preview and thumb:
             batch.previews[row.file], batch.thumbnails[row.file] = preview, thumb
         done = len(rows) - batch.refused
@@ -172,7 +187,33 @@ def _filters(frame: pd.DataFrame) -> pd.DataFrame:
     return vm.filter_batch(frame, species, minimum, new_only)
 
 
-def _table(shown: pd.DataFrame):
+TABLE_COLUMNS = {  # fits a 1400 px screen with the sidebar open: no horizontal scrolling (tests/e2e)
+    "thumbnail": st.column_config.ImageColumn("Photo", width=48),
+    "file": st.column_config.TextColumn("File", width=150),
+    "species": st.column_config.TextColumn("Species", width=130),
+    "individual": st.column_config.TextColumn("Individual", width=115),
+    "probability": st.column_config.ProgressColumn(
+        "Prob.", min_value=0.0, max_value=1.0, format="percent", width=80, help="Probability of the answer"
+    ),
+    "new_individual": st.column_config.CheckboxColumn("New", width=44, help="A new individual"),
+    "status": st.column_config.TextColumn("Status", width=90, help="ok, rejected (no whale or dolphin), or the error"),
+    "review": st.column_config.TextColumn("Review", width=70, help="Your verdict (✓ saved to the catalogue)"),
+    "taken_at": st.column_config.TextColumn("Date", width=132, help="When the photo was taken (EXIF)"),
+    "gps": st.column_config.TextColumn("GPS", width=124, help="Latitude, longitude (EXIF); the map below has them all"),
+}
+
+
+def _gps(lat: float | None, lon: float | None) -> str:
+    """'48.5000, -123.1667': short enough for the table (the map's tooltip has five decimals)."""
+    return "" if pd.isna(lat) or pd.isna(lon) else f"{lat:.4f}, {lon:.4f}"
+
+
+def _table(batch: BatchState, shown: pd.DataFrame):
+    shown = shown.assign(
+        gps=[_gps(lat, lon) for lat, lon in zip(shown["lat"], shown["lon"], strict=True)],
+        review=review_column(batch, shown["file"]),
+        status=shown["status"].map(lambda text: text.replace(" — ", ": ", 1)),
+    )
     return st.dataframe(
         shown,
         hide_index=True,
@@ -181,33 +222,9 @@ def _table(shown: pd.DataFrame):
         on_select="rerun",
         selection_mode="single-row",
         placeholder="",
-        row_height=44,
-        column_order=[
-            "thumbnail",
-            "file",
-            "species",
-            "individual",
-            "probability",
-            "status",
-            "new_individual",
-            "taken_at",
-            "lat",
-            "lon",
-        ],
-        column_config={
-            "thumbnail": st.column_config.ImageColumn("Photo", width="small"),
-            "file": st.column_config.TextColumn("File", width="medium"),
-            "species": st.column_config.TextColumn("Species"),
-            "individual": st.column_config.TextColumn("Individual"),
-            "probability": st.column_config.ProgressColumn(
-                "Probability", min_value=0.0, max_value=1.0, format="percent"
-            ),
-            "new_individual": st.column_config.CheckboxColumn("New", width="small"),
-            "taken_at": st.column_config.TextColumn("Date", width="medium"),
-            "lat": st.column_config.NumberColumn("Lat", format="%.4f", width="small"),
-            "lon": st.column_config.NumberColumn("Lon", format="%.4f", width="small"),
-            "status": st.column_config.TextColumn("Status / error", width="medium"),
-        },
+        row_height=40,
+        column_order=list(TABLE_COLUMNS),
+        column_config=TABLE_COLUMNS,
     )
 
 
@@ -308,7 +325,24 @@ def body() -> None:
 
     st.subheader("Results")
     shown = _filters(frame)
-    event = _table(shown)
+    view = st.segmented_control(
+        "Show",
+        VIEWS,
+        default=VIEWS[0],
+        key="batch_view",
+        label_visibility="collapsed",
+        help="Review: step through the photos and confirm or correct each answer, then save them to the catalogue.",
+    )
+    if view == REVIEW:
+        same_files = [(n, s) for n, s, _ in batch.signature] == [(f.name, f.size) for f in files or []]
+        review_section(batch, frame, shown, lambda: _uploaded_photos(files or []), uploads_match=same_files)
+        return
+    _results(batch, frame, shown)
+
+
+def _results(batch: BatchState, frame: pd.DataFrame, shown: pd.DataFrame) -> None:
+    """The filtered table, its detail, the CSV, and charts and map of the same rows."""
+    event = _table(batch, shown)
     csv_buffer = io.StringIO()
     write_csv(batch.rows, csv_buffer)
     st.download_button(
@@ -321,9 +355,13 @@ def body() -> None:
     )
     _look_closer(batch, shown, event)
 
-    ok = frame[frame["outcome"] == "ok"]
-    if len(ok):
+    ok = shown[shown["outcome"] == "ok"]
+    located = shown.dropna(subset=["lat", "lon"])
+    if len(ok) or len(located):
         st.subheader("Summary")
+        if len(shown) < len(frame):
+            st.caption(f"Charts and map show the {vm.plural(len(shown), 'row')} the filters let through.")
+    if len(ok):
         c1, c2 = st.columns(2)
         with c1:
             st.markdown("**Photos per species**")
@@ -331,7 +369,6 @@ def body() -> None:
         with c2:
             st.markdown("**Confidence**")
             st.altair_chart(charts.confidence_histogram(ok.dropna(subset=["probability"])), width="stretch")
-    located = frame.dropna(subset=["lat", "lon"])
     if len(located):
         st.markdown(f"**Where** ({vm.plural(len(located), 'photo')} with GPS)")
         with st.container(key="batch_map"):
