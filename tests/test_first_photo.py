@@ -111,3 +111,40 @@ def test_warm_up_loads_the_mask_model_once() -> None:
     assert masker._session is session
     result = masker.mask(decode_image(SAMPLES[0]))
     assert result.box is not None
+
+
+def test_the_background_warm_up_loads_the_model_and_the_mask_once() -> None:
+    from app import state, warmup
+
+    warmup._warm_up.clear()
+    state.get_masker.clear()
+    warm = warmup.start()
+    assert warmup.start() is warm  # one thread per server, however many runs call it
+    assert warm.thread is not None
+    warm.thread.join(timeout=300)
+    assert warm.done and warm.error == "", warm
+    masker = state.get_masker()
+    assert masker.loaded  # the page's photo gets the warmed session, not a new one
+    assert state.services() is state.services()
+    warmup._warm_up.clear()
+
+
+STATUS_PAGE = """
+from app import warmup
+warmup.status_line()
+"""
+
+
+def test_the_identify_page_says_what_is_loading_until_it_is_done(monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from app import warmup
+
+    record = warmup.WarmUp(step="loading the animal-mask model")
+    monkeypatch.setattr(warmup, "start", lambda: record)
+    at = AppTest.from_string(STATUS_PAGE, default_timeout=60).run()
+    captions = " ".join(c.value for c in at.caption)
+    assert "Getting ready: loading the animal-mask model" in captions
+    record.done = True
+    at.run()
+    assert not at.caption  # nothing once the models are ready
