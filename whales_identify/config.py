@@ -23,6 +23,7 @@ DEFAULT_CHECKPOINT = MODELS_DIR / "whale_id.pt"
 DEFAULT_INFERENCE_CONFIG = MODELS_DIR / "inference.yaml"
 DEFAULT_CATALOGUE = MODELS_DIR / "catalogue.npz"
 DEFAULT_SPECIES_MAP = MODELS_DIR / "species_map.yaml"
+DEFAULT_KEYPOINTS = MODELS_DIR / "keypoints.npz"  # the bundled catalogue's verification keypoints
 DEFAULT_DATA_ROOT = REPO_DIR.parent / "shared" / "data"
 
 NON_CETACEAN = "non_cetacean"
@@ -127,6 +128,10 @@ class InferenceConfig:
     # Reject when P(non_cetacean) exceeds this.
     reject_threshold: float = 0.5
     top_k: int = 5
+    # When the verification stage ran (matching/verify.py), the fused scores (cosine + keypoint evidence)
+    # are on another scale: their own new_individual threshold and temperature, tuned on validation.
+    verify_new_individual_threshold: float = 1.0
+    verify_temperature: float = 20.0
     tuned_on: str = ""  # description of the data the values were tuned on
 
     @classmethod
@@ -385,6 +390,14 @@ class VerifyConfig:
     # A top answer with at least this many inliers is "verified": right 93-95 % of the time on held-out
     # right whales (unseen animals' photos included), 95-96 % from 10 inliers.
     verified_inliers: int = 8
+    # Species whose photos are verified (the predicted species): measured better only on right-whale heads;
+    # fins and flukes lost top-1 (benchmarks/results/verify.json, fins_and_flukes).
+    species: tuple[str, ...] = ("north_atlantic_right_whale",)
+    keypoints_path: str = str(DEFAULT_KEYPOINTS)  # the bundled catalogue's keypoints (training/keypoints.py)
+    # The bundled catalogue's photos given keypoints per individual (matching/selection.py), chosen by
+    # benchmarks/bench_verify_identify.py under the size budget below.
+    bundled_per_individual: int = 3
+    bundled_max_bytes: int = 10_000_000
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,10 @@ def load_services(
     if wanted:
         try:
             services.catalog = Catalog(db, base=services.bundled, model_version=identifier.model_version, actor=actor)
+            # the user's photos are verified too: their keypoints (described on demand when missing)
+            sources = getattr(identifier, "keypoint_sources", None)
+            if sources is not None:
+                sources.append(services.catalog.keypoints)
         except WhaleIdError as exc:
             if not keep_going:
                 raise

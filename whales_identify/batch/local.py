@@ -30,6 +30,8 @@ CSV_COLUMNS = (
     "probability",
     "new_individual",
     "rejected",
+    "verified",
+    "inliers",
     "top5",
     "taken_at",
     "latitude",
@@ -50,6 +52,8 @@ class BatchRow:
     probability: float | None = None
     new_individual: bool | None = None
     rejected: bool | None = None
+    verified: bool | None = None  # the top answer is confirmed by keypoints (None: not an answer)
+    inliers: int | None = None  # keypoint inliers of the top answer (None: verification did not check it)
     top5: str = ""  # "id:prob; id:prob; ..."
     taken_at: str = ""
     latitude: float | None = None
@@ -70,6 +74,7 @@ def row_for(name: str, outcome: Identification | WhaleIdError, metadata_source: 
     if isinstance(outcome, WhaleIdError):
         return BatchRow(name, "error", str(outcome), **extra)
     best = outcome.best
+    evidence = outcome.evidence_for(best.individual_id) if best is not None else None
     return BatchRow(
         file=name,
         status="ok",
@@ -81,6 +86,8 @@ def row_for(name: str, outcome: Identification | WhaleIdError, metadata_source: 
         ),
         new_individual=outcome.new_individual,
         rejected=outcome.rejected,
+        verified=outcome.verified,
+        inliers=evidence.inliers if evidence is not None else None,
         top5="; ".join(f"{c.individual_id}:{c.probability:.3f}" for c in outcome.top5),
         result=outcome,
         **extra,
@@ -92,8 +99,10 @@ def identify_entries(
     entries: Iterable[ArchiveEntry],
     batch_size: int | None = None,
     on_row: Callable[[BatchRow], None] | None = None,
+    verify: bool = False,
 ) -> Iterator[BatchRow]:
-    """Identify every readable photo; skipped entries and bad photos become rows too.
+    """Identify every readable photo; skipped entries and bad photos become rows too. ``verify``: the
+    keypoint verification stage for each photo (``Identifier.identify_many``; slower, off by default).
 
     Each outcome is matched with its photo's bytes (for the date and GPS) by position, never by name:
     ``identify_many`` answers in input order, and two entries may carry the same name (a caller's own
@@ -110,7 +119,7 @@ def identify_entries(
             yield entry.name, entry.data
 
     skipped: list[BatchRow] = []
-    for name, outcome in identifier.identify_many(photos(), batch_size=batch_size):
+    for name, outcome in identifier.identify_many(photos(), batch_size=batch_size, verify=verify):
         while skipped:
             row = skipped.pop(0)
             _emit(row, on_row)
@@ -132,11 +141,11 @@ def _emit(row: BatchRow, on_row: Callable[[BatchRow], None] | None) -> None:
 
 
 def run_batch(
-    identifier: Identifier, source: str | Path | BinaryIO, batch_size: int | None = None
+    identifier: Identifier, source: str | Path | BinaryIO, batch_size: int | None = None, verify: bool = False
 ) -> Iterator[BatchRow]:
     """Identify a ZIP (path or file object) or a folder of photos (``batch_size``: photos per
-    forward pass; default ``SpeedConfig.batch_chunk``)."""
-    return identify_entries(identifier, iter_photos(source), batch_size=batch_size)
+    forward pass; default ``SpeedConfig.batch_chunk``; ``verify``: the keypoint verification stage)."""
+    return identify_entries(identifier, iter_photos(source), batch_size=batch_size, verify=verify)
 
 
 def write_csv(rows: Iterable[BatchRow], handle) -> int:

@@ -26,6 +26,7 @@ from whales_identify.catalog.store import (
     UnknownIndividualError,
     checked_id,
     checked_species,
+    crop_keypoints,
 )
 from whales_identify.errors import LabelsError, WhaleIdError
 from whales_identify.inputs.archive import is_image_name, iter_photos, open_zip
@@ -86,6 +87,7 @@ class _Prepared:
     crop: bytes
     thumbnail: bytes
     metadata: Any
+    keypoints: bytes | None = None  # the crop's, for the verification stage
 
 
 def _prepare(catalog: Catalog, identifier: Embedder, name: str, data: bytes) -> _Prepared:
@@ -95,7 +97,8 @@ def _prepare(catalog: Catalog, identifier: Embedder, name: str, data: bytes) -> 
     image = identifier.prepare(data, long_side=2 * cfg.crop_long_side)
     crop = encode_jpeg(image, cfg.crop_long_side, cfg.crop_quality)
     thumb = encode_jpeg(image, cfg.thumbnail_size, cfg.thumbnail_quality, optimize=True)
-    return _Prepared(name, hashlib.sha256(data).hexdigest(), crop, thumb, read_metadata(data))
+    # The keypoints are found on the stored crop (what a re-description would see), not the original.
+    return _Prepared(name, hashlib.sha256(data).hexdigest(), crop, thumb, read_metadata(data), crop_keypoints(crop))
 
 
 def _embed(catalog: Catalog, identifier: Embedder, crops: Sequence[bytes]) -> Iterator[Any]:
@@ -138,6 +141,7 @@ def _record(
         latitude=meta.latitude,
         longitude=meta.longitude,
         tags=tags,
+        keypoints=p.keypoints,
     )
 
 

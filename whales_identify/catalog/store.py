@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from whales_identify.config import LEGACY_HOME_ENV, CatalogConfig
+from whales_identify.config import LEGACY_HOME_ENV, CatalogConfig, VerifyConfig
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.text import InvalidTextError, validate_individual_id, validate_species
 from whales_identify.matching.gallery import Gallery
+from whales_identify.matching.verify import record as keypoint_record
 
 ACTIONS = ("enrolled", "confirmed", "renamed", "merged", "removed", "imported", "reembedded")
 # A reviewer's verdict on "this photo shows that individual" (the photo-ID vocabulary).
@@ -109,6 +110,22 @@ class NewImage:
     latitude: float | None = None
     longitude: float | None = None
     tags: str = ""
+    keypoints: bytes | None = None  # the crop's keypoint record (matching/verify.py); None: computed later
+
+
+def crop_keypoints(crop: bytes, cfg: VerifyConfig | None = None) -> bytes:
+    """The keypoint record of a stored crop, described as a query photo is (``describe`` resizes it)."""
+    from whales_identify.inputs.imaging import decode_image  # the guarded decoder: crops may come from imports
+
+    return keypoint_record(decode_image(crop), cfg or VerifyConfig())
+
+
+def user_image_id(name: str) -> int | None:
+    """The image id in a user row's gallery name (``user/<image id>/<file name>``); None for bundled names."""
+    parts = name.split("/", 2)
+    if len(parts) < 2 or parts[0] != "user" or not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 @dataclass(frozen=True)
@@ -728,7 +745,8 @@ class Catalog:
     ) -> int:
         cursor = conn.execute(
             "INSERT INTO images (id, individual_id, sha256, thumbnail, crop, embedding, model_version, source_name,"
-            " taken_at, latitude, longitude, tags, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " taken_at, latitude, longitude, tags, added_at, keypoints)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 image_id,
                 img.individual_id,
@@ -743,6 +761,7 @@ class Catalog:
                 img.longitude,
                 normalise_tags(img.tags),
                 added_at or now(),
+                img.keypoints,
             ),
         )
         assert cursor.lastrowid is not None  # an INSERT always sets it
@@ -882,7 +901,76 @@ class Catalog:
                     {"images": len(crops), "model_version": version, "individuals": owners},
                     actor or self.actor,
                 )
+        self.backfill_keypoints()
         return done
+
+    # --- keypoints (the verification stage) -------------------------------------------------------
+    def _store_keypoints(self, computed: dict[int, bytes]) -> None:
+        """Save computed records where the row still has none (a read-only catalogue keeps them in memory)."""
+        if not computed or self.read_only:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE images SET keypoints = ? WHERE id = ? AND keypoints IS NULL",
+                [(blob, image_id) for image_id, blob in computed.items()],
+            )
+
+    def _describe_rows(self, rows: Sequence[Any]) -> dict[int, bytes]:
+        computed = {}
+        for row in rows:
+            try:
+                computed[int(row[0])] = crop_keypoints(bytes(row[1]))
+            except WhaleIdError:  # an unreadable crop: no keypoints (it is still searched by embedding)
+                continue
+        return computed
+
+    def keypoints(self, names: Sequence[str], fill: bool = True) -> dict[str, bytes]:
+        """Keypoint records of these user photos (gallery names ``user/<id>/...``; other names are skipped).
+        ``fill``: rows without one yet (enrolled before schema 2, imported) are described from their crop
+        now and saved: the cheap on-demand backfill, a few photos per query at most."""
+        wanted = {i: n for n in names if (i := user_image_id(n)) is not None}
+        if not wanted:
+            return {}
+        found: dict[str, bytes] = {}
+        missing = []
+        ids = list(wanted)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self.query(f"SELECT id, keypoints FROM images WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            for row in rows:
+                if row["keypoints"] is not None:
+                    found[wanted[int(row["id"])]] = bytes(row["keypoints"])
+                else:
+                    missing.append(int(row["id"]))
+        if fill and missing:
+            crops = self.query(f"SELECT id, crop FROM images WHERE id IN ({', '.join('?' * len(missing))})", missing)
+            computed = self._describe_rows([(r["id"], r["crop"]) for r in crops])
+            with suppress(CatalogError):  # busy or read-only: used now, saved another time
+                self._store_keypoints(computed)
+            found.update({wanted[i]: blob for i, blob in computed.items()})
+        return found
+
+    def missing_keypoints(self) -> int:
+        """User photos without keypoints yet."""
+        return int(self.query("SELECT count(*) FROM images WHERE keypoints IS NULL")[0][0])
+
+    def backfill_keypoints(self, batch: int = 64) -> int:
+        """Describe every stored photo that has no keypoints yet (from its crop); returns rows filled.
+        Each batch is its own transaction: interrupted, it resumes where it stopped."""
+        if self.read_only:
+            return 0
+        done = 0
+        last = -1
+        while True:
+            rows = self.query(
+                "SELECT id, crop FROM images WHERE keypoints IS NULL AND id > ? ORDER BY id LIMIT ?", (last, batch)
+            )
+            if not rows:
+                return done
+            last = int(rows[-1]["id"])
+            computed = self._describe_rows([(r["id"], r["crop"]) for r in rows])
+            self._store_keypoints(computed)
+            done += len(computed)
 
     # --- the matcher's view -----------------------------------------------------------------------
     def gallery(

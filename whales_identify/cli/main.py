@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from whales_identify.cli.catalog import register as register_catalog
+from whales_identify.cli.keypoints import register as register_keypoints
 from whales_identify.cli.localiser import register as register_localiser
 from whales_identify.cli.options import add_model_options, add_search_options, positive_int
 from whales_identify.cli.photos import register as register_photos
@@ -90,7 +91,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         identifier = _load_identifier(args)
     for label, path in photos:
         try:
-            result = identifier.identify(path)
+            result = identifier.identify(path, verify=not args.no_verify)
         except WhaleIdError as exc:
             failures += 1
             results[label] = {"error": str(exc)}
@@ -140,9 +141,16 @@ def _describe(name: str, result) -> str:
         return f"{name}: rejected — {result.rejection_reason}"
     head = f"{name}: {result.species} ({result.species_probability:.0%})"
     verdict = "NEW INDIVIDUAL" if result.new_individual else f"{result.best.individual_id}"
+    if result.verified:
+        found = result.evidence_for(result.best.individual_id)
+        verdict += f", verified ({found.inliers} points)"
     lines = [f"{head} → {verdict} (new-individual probability {result.new_individual_probability:.0%})"]
     for rank, c in enumerate(result.top5, start=1):
-        lines.append(f"  {rank}. {c.individual_id:<20} {c.species:<28} p={c.probability:.3f} score={c.score:.3f}")
+        evidence = result.evidence_for(c.individual_id)
+        points = f" keypoints={evidence.inliers}" if evidence is not None else ""
+        lines.append(
+            f"  {rank}. {c.individual_id:<20} {c.species:<28} p={c.probability:.3f} score={c.score:.3f}{points}"
+        )
     return "\n".join(lines)
 
 
@@ -150,6 +158,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from whales_identify.batch.local import run_batch, write_csv
 
     if args.engine == "ray":
+        if args.verify:
+            print("error: --verify only applies with --engine local", file=sys.stderr)
+            return 2
         return _cmd_batch_ray(args)
     ray_only = [
         flag
@@ -165,7 +176,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         with open_zip(args.source) as archive:
             check_zip(archive)
     identifier = _load_identifier(args)
-    rows = run_batch(identifier, Path(args.source), batch_size=args.batch_size)
+    rows = run_batch(identifier, Path(args.source), batch_size=args.batch_size, verify=args.verify)
     counts = {"ok": 0, "error": 0, "skipped": 0}
     problems: dict[str, list[tuple[str, str]]] = {"error": [], "skipped": []}
 
@@ -301,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("identify", help="identify photos: species, top-5 individuals or new individual")
     p.add_argument("images", nargs="+", help="photo files, or folders (the photos in them, recursively)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the keypoint verification of the shortlist (right whales; on by default, about 0.15 s a photo)",
+    )
     add_model_options(p)
     add_search_options(p)
     p.set_defaults(func=_cmd_identify)
@@ -331,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="(ray) overwrite --csv instead of resuming: by default, files already in it are not done again",
     )
     p.add_argument(
+        "--verify",
+        action="store_true",
+        help="verify each right-whale photo's shortlist by keypoints (slower: about 0.15 s a photo; "
+        "adds the verified and inliers columns' values)",
+    )
+    p.add_argument(
         "--strict",
         action="store_true",
         help="exit with status 1 when any file failed or was skipped (default: only when none was identified)",
@@ -359,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export_onnx)
 
     register_catalog(sub)
+    register_keypoints(sub)
     register_localiser(sub)
     register_photos(sub)
     return parser

@@ -70,6 +70,12 @@ class Gallery:
         """Cosine similarity of one embedding to every row."""
         return self.embeddings @ query.astype(np.float32)
 
+    def rows_of(self, individual: int) -> np.ndarray:
+        """The rows of the ``individual``-th entry of ``self.individuals``."""
+        start = int(self._starts[individual])
+        end = int(self._starts[individual + 1]) if individual + 1 < len(self._starts) else len(self._order)
+        return self._order[start:end]
+
     def best_per_individual(self, sims: np.ndarray) -> np.ndarray:
         """Highest similarity per individual, aligned with ``self.individuals`` (the one search path)."""
         if not len(self._starts):

@@ -23,13 +23,15 @@ from whales_identify.config import (
     DEFAULT_INFERENCE_CONFIG,
     InferenceConfig,
     SpeedConfig,
+    VerifyConfig,
 )
 from whales_identify.errors import ModelLoadError, WhaleIdError
 from whales_identify.inputs.content import blank_reason
 from whales_identify.inputs.imaging import decode_image
 from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
-from whales_identify.matching.results import Identification
+from whales_identify.matching.results import Evidence, Identification
+from whales_identify.matching.verify import KeypointFile, KeypointLookup, Keypoints, best_match, describe
 from whales_identify.model.engines import Engine, open_network
 from whales_identify.model.info import NetworkInfo
 from whales_identify.model.localiser import Localiser, grow_box, load_localiser
@@ -66,6 +68,8 @@ class Identifier:
         engine: Engine,
         speed: SpeedConfig | None = None,
         localiser: Localiser | None = None,
+        verify: VerifyConfig | None = None,
+        keypoints: Iterable[KeypointLookup] = (),
     ) -> None:
         self.network = network
         # The animal's box, when the network was trained on crops around it (else the whole photo).
@@ -73,6 +77,9 @@ class Identifier:
         self.config = config
         self.speed = speed or SpeedConfig()
         self.engine = engine
+        self.verify_config = verify or VerifyConfig()
+        # Where catalogue photos' keypoints are found (bundled file, user catalogue), asked in turn.
+        self.keypoint_sources: list[KeypointLookup] = list(keypoints)
         self.species_names: list[str] = list(network.species)
         self._prototype_index = {name: i for i, name in enumerate(network.individuals)}
         self.set_gallery(gallery)
@@ -86,9 +93,11 @@ class Identifier:
         inference_config: Path | str | InferenceConfig = DEFAULT_INFERENCE_CONFIG,
         engine: str | None = None,
         speed: SpeedConfig | None = None,
+        verify: VerifyConfig | None = None,
     ) -> Identifier:
         """``engine``: ``auto`` (default; ``WHALE_ID_ENGINE`` overrides), ``onnx`` or ``torch``;
-        ``speed``: threads and batching (default: this machine's cores)."""
+        ``speed``: threads and batching (default: this machine's cores); ``verify``: the verification
+        stage (its keypoint file, read on first use, is searched with the bundled catalogue)."""
         speed = speed or SpeedConfig.from_env()
         runner, network = open_network(engine or speed.engine, checkpoint, speed)
         if isinstance(catalogue, Gallery):
@@ -115,7 +124,9 @@ class Identifier:
         localiser = load_localiser() if network.config.crop_to_animal else None
         if network.config.crop_to_animal and localiser is None:
             log.warning("this model looks at the animal's box but no localiser is installed: whole photos instead")
-        return cls(network, gallery, config, runner, speed, localiser)
+        verify = verify or VerifyConfig()
+        keypoints = [KeypointFile(verify.keypoints_path)] if catalogue is not None and verify.keypoints_path else []
+        return cls(network, gallery, config, runner, speed, localiser, verify, keypoints)
 
     @property
     def model_version(self) -> str:
@@ -177,8 +188,8 @@ class Identifier:
     # --- the decision --------------------------------------------------------------
     def scores(self, output: ModelOutput, gallery: Gallery | None = None) -> rules.QueryScores:
         """One pass over the catalogue: what the decision rules look at for this photo."""
-        gallery = gallery or self.gallery
         current, current_rows = self._view
+        gallery = current if gallery is None else gallery
         rows = current_rows if gallery is current else self._prototype_rows(gallery)
         return rules.QueryScores(
             photo_similarities=gallery.similarities(output.embedding),
@@ -188,37 +199,158 @@ class Identifier:
         )
 
     def decide(
-        self, output: ModelOutput, gallery: Gallery | None = None, config: InferenceConfig | None = None
+        self,
+        output: ModelOutput,
+        gallery: Gallery | None = None,
+        config: InferenceConfig | None = None,
+        photo: Image.Image | None = None,
     ) -> Identification:
         """Turn one forward pass into the answer, against ``gallery`` (default: the catalogue)
-        under ``config`` (default: the tuned rules)."""
-        gallery = gallery or self.gallery
-        result = rules.decide(gallery, self.scores(output, gallery), self.species_names, config or self.config)
+        under ``config`` (default: the tuned rules). ``photo`` (the decoded photo of ``output``):
+        verify the shortlist by keypoints (``verify_shortlist``); None: the global scores alone."""
+        if gallery is None:
+            gallery, _ = self._view  # one read: the gallery and its prototype rows stay a pair
+        config = config or self.config
+        scores = self.scores(output, gallery)
+        result = rules.decide(gallery, scores, self.species_names, config)
+        if photo is not None:
+            result = self.verify_shortlist(photo, result, scores, gallery, config)
         return replace(result, box=output.box, photo_size=output.photo_size)
 
-    # --- convenience -----------------------------------------------------------------
-    def identify(self, source: ImageSource) -> Identification:
-        """Identify one photo (path, bytes or PIL image)."""
-        return self.answer([self.prepare_input(source)])[0]
+    # --- verification ------------------------------------------------------------------
+    def keypoints_for(self, names: list[str]) -> dict[str, bytes]:
+        """Stored keypoint records of these catalogue photos (those that have them)."""
+        found: dict[str, bytes] = {}
+        for source in self.keypoint_sources:
+            missing = [n for n in names if n not in found]
+            if not missing:
+                break
+            found.update(source(missing))
+        return found
 
-    def answer(self, images: list[Image.Image], threads: int | None = None) -> list[Identification]:
+    def verify_shortlist(
+        self,
+        photo: Image.Image,
+        result: Identification,
+        scores: rules.QueryScores,
+        gallery: Gallery,
+        config: InferenceConfig,
+    ) -> Identification:
+        """The answer re-decided with keypoint evidence (``matching/verify.py``) for the global model's top
+        ``VerifyConfig.candidates`` individuals: each one's photos that have keypoints, most similar
+        (cosine) first, ``photos_per_candidate`` of them, matched against the query photo's keypoints;
+        the best photo's inlier count is fused with the individual's score. Unchanged when the photo is
+        rejected, of a species not verified, or when no candidate photo has keypoints."""
+        vc = self.verify_config
+        if result.rejected or result.species not in vc.species or not self.keypoint_sources:
+            return result
+        individual = rules.individual_scores(gallery, scores, config)
+        shortlist = rules.top_k(individual, vc.candidates)
+        ranked = []
+        for position in shortlist:
+            rows = gallery.rows_of(int(position))
+            ranked.append(rows[np.argsort(-scores.photo_similarities[rows], kind="stable")])
+        names = [str(gallery.image_names[r]) for rows in ranked for r in rows]
+        stored = self.keypoints_for(names)
+        if not stored:
+            return result
+        with single_threaded_blas():  # many small products: one BLAS thread is 2-3x faster than several
+            return self._verified(photo, result, scores, gallery, config, individual, shortlist, ranked, stored)
+
+    def _verified(
+        self,
+        photo: Image.Image,
+        result: Identification,
+        scores: rules.QueryScores,
+        gallery: Gallery,
+        config: InferenceConfig,
+        individual: np.ndarray,
+        shortlist: np.ndarray,
+        ranked: list[np.ndarray],
+        stored: dict[str, bytes],
+    ) -> Identification:
+        vc = self.verify_config
+        query = describe(photo, vc)
+        sx, sy = photo.size[0] / query.size[0], photo.size[1] / query.size[1]
+        bonus = np.zeros(len(individual), np.float32)
+        verified = np.zeros(len(individual), bool)
+        evidence: list[tuple[float, Evidence]] = []
+        for position, rows in zip(shortlist, ranked, strict=True):
+            chosen: list[tuple[str, Keypoints]] = []
+            for row in rows:
+                name = str(gallery.image_names[row])
+                if name in stored:
+                    try:
+                        chosen.append((name, Keypoints.from_bytes(stored[name])))
+                    except ValueError:
+                        log.warning("damaged keypoints for %s: skipped", name)
+                if len(chosen) == vc.photos_per_candidate:
+                    break
+            if not chosen:
+                continue
+            best, found = best_match(query, [k for _, k in chosen], vc)
+            name, matched = chosen[best]
+            bonus[position] = vc.weight * min(found.inliers, vc.inlier_cap) / vc.inlier_cap
+            verified[position] = found.inliers >= vc.verified_inliers
+            points = (
+                query.xy[found.pairs[:, 0]] * np.asarray([sx, sy], np.float32)
+                if found.inliers
+                else np.zeros((0, 2), np.float32)
+            )
+            evidence.append(
+                (
+                    float(individual[position] + bonus[position]),
+                    Evidence(
+                        individual_id=str(gallery.individuals[position]),
+                        inliers=found.inliers,
+                        verified=bool(verified[position]),
+                        photo=photo_reference(name),
+                        query_points=points.astype(np.float32),
+                        photo_points=matched.xy[found.pairs[:, 1]].astype(np.float32)
+                        if found.inliers
+                        else np.zeros((0, 2), np.float32),
+                        photo_size=matched.size,
+                    ),
+                )
+            )
+        decided = rules.decide(gallery, scores, self.species_names, config, rules.Verified(bonus, verified))
+        ordered = tuple(e for _, e in sorted(evidence, key=lambda item: -item[0]))
+        return replace(decided, evidence=ordered)
+
+    # --- convenience -----------------------------------------------------------------
+    def identify(self, source: ImageSource, verify: bool = True) -> Identification:
+        """Identify one photo (path, bytes or PIL image). ``verify``: check the shortlist by keypoints
+        (for the species ``VerifyConfig.species``; about 0.15 s more a photo)."""
+        return self.answer([self.prepare_input(source)], verify=verify)[0]
+
+    def answer(
+        self, images: list[Image.Image], threads: int | None = None, verify: bool = False
+    ) -> list[Identification]:
         """Decoded photos → answers. A frame with nothing in it (uniform, smooth, noise) is refused
-        by the content gate before the network, which would answer it with confident nonsense."""
+        by the content gate before the network, which would answer it with confident nonsense.
+        ``verify``: the verification stage for each (``verify_shortlist``)."""
         blank = [blank_reason(image) for image in images]
-        outputs = iter(
-            self.forward([image for image, reason in zip(images, blank, strict=True) if not reason], threads)
-        )
-        return [rules.nothing_to_identify(reason) if reason else self.decide(next(outputs)) for reason in blank]
+        kept = [image for image, reason in zip(images, blank, strict=True) if not reason]
+        outputs = iter(zip(self.forward(kept, threads), kept, strict=True))
+        answers = []
+        for reason in blank:
+            if reason:
+                answers.append(rules.nothing_to_identify(reason))
+                continue
+            output, image = next(outputs)
+            answers.append(self.decide(output, photo=image if verify else None))
+        return answers
 
     def identify_many(
-        self, sources: Iterable[tuple[str, ImageSource]], batch_size: int | None = None
+        self, sources: Iterable[tuple[str, ImageSource]], batch_size: int | None = None, verify: bool = False
     ) -> Iterator[tuple[str, Identification | WhaleIdError]]:
         """Identify a stream of named photos, in input order; a bad photo yields its error, the rest go on.
 
         Chunks of ``batch_size`` photos are decoded, embedded and decided by
         ``SpeedConfig.batch_workers`` threads side by side (decoding and ONNX Runtime
         release the GIL), with a bounded number of chunks in flight, so memory stays
-        flat however long the stream is.
+        flat however long the stream is. ``verify``: the verification stage for each photo (off by
+        default: it costs about 0.15 s a right-whale photo, the fast path a few milliseconds).
         """
         chunk_size, workers, threads = self.batch_plan(batch_size)
         in_flight: deque[Future] = deque()
@@ -231,12 +363,12 @@ class Identifier:
                 for item in sources:
                     chunk.append(item)
                     if len(chunk) == chunk_size:
-                        in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
+                        in_flight.append(pool.submit(self._identify_chunk, chunk, threads, verify))
                         chunk = []
                         while len(in_flight) > CHUNKS_AHEAD_PER_WORKER * workers:
                             yield from in_flight.popleft().result()
                 if chunk:
-                    in_flight.append(pool.submit(self._identify_chunk, chunk, threads))
+                    in_flight.append(pool.submit(self._identify_chunk, chunk, threads, verify))
                 while in_flight:
                     yield from in_flight.popleft().result()
             finally:  # also when the caller stops early or an error escapes: queued chunks are dropped
@@ -256,7 +388,7 @@ class Identifier:
         return (CHUNKS_AHEAD_PER_WORKER * workers + 2) * chunk_size
 
     def _identify_chunk(
-        self, chunk: list[tuple[str, ImageSource]], threads: int | None
+        self, chunk: list[tuple[str, ImageSource]], threads: int | None, verify: bool = False
     ) -> list[tuple[str, Identification | WhaleIdError]]:
         """One chunk, start to finish, on a worker thread."""
         outcomes: list[Identification | WhaleIdError | None] = []
@@ -269,9 +401,17 @@ class Identifier:
                 outcomes.append(None)
             except WhaleIdError as exc:
                 outcomes.append(exc)
-        for position, answer in zip(positions, self.answer(images, threads=threads), strict=True):
+        for position, answer in zip(positions, self.answer(images, threads=threads, verify=verify), strict=True):
             outcomes[position] = answer
         return [(name, outcome) for (name, _), outcome in zip(chunk, outcomes, strict=True)]  # type: ignore[misc]
 
 
-__all__ = ["Identifier", "ImageSource", "ModelOutput"]
+def photo_reference(name: str) -> str:
+    """A catalogue photo as ``Evidence.photo`` names it: the bundled image name, or ``user:<image id>``
+    for the user's photos (their gallery names are ``user/<image id>/<file name>``)."""
+    if name.startswith("user/"):
+        return "user:" + name.split("/", 2)[1]
+    return name
+
+
+__all__ = ["Identifier", "ImageSource", "ModelOutput", "photo_reference"]

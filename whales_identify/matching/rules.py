@@ -65,9 +65,24 @@ def individual_scores(gallery: Gallery, scores: QueryScores, config: InferenceCo
     return blended
 
 
-def individual_log_probabilities(individual: np.ndarray, config: InferenceConfig) -> np.ndarray:
-    """Log-probabilities over the gallery's individuals plus, last, ``new_individual`` (scored at the threshold)."""
-    return log_softmax(np.append(individual, config.new_individual_threshold) * config.temperature)
+@dataclass(frozen=True)
+class Verified:
+    """What the verification stage (matching/verify.py) adds to a photo's individual scores."""
+
+    bonus: np.ndarray  # (individuals,) weight * min(inliers, cap) / cap; 0 where not checked
+    verified: np.ndarray  # (individuals,) bool: inliers >= VerifyConfig.verified_inliers
+
+
+def new_individual_threshold(config: InferenceConfig, verified: bool = False) -> float:
+    """The score below which the answer is ``new_individual``: fused scores have their own."""
+    return config.verify_new_individual_threshold if verified else config.new_individual_threshold
+
+
+def individual_log_probabilities(individual: np.ndarray, config: InferenceConfig, verified: bool = False) -> np.ndarray:
+    """Log-probabilities over the gallery's individuals plus, last, ``new_individual`` (scored at the threshold).
+    ``verified``: the scores are fused with keypoint evidence (their own threshold and temperature)."""
+    temperature = config.verify_temperature if verified else config.temperature
+    return log_softmax(np.append(individual, new_individual_threshold(config, verified)) * temperature)
 
 
 def species_distribution(
@@ -105,17 +120,29 @@ def best_cetacean_species(distribution: np.ndarray, species_names: Sequence[str]
 
 
 def decide(
-    gallery: Gallery, scores: QueryScores, species_names: Sequence[str], config: InferenceConfig
+    gallery: Gallery,
+    scores: QueryScores,
+    species_names: Sequence[str],
+    config: InferenceConfig,
+    verification: Verified | None = None,
 ) -> Identification:
-    """The answer for one photo: species, top-k individuals, new individual, or rejected."""
+    """The answer for one photo: species, top-k individuals, new individual, or rejected.
+
+    ``verification``: keypoint evidence for the shortlist; the individual scores are fused with it
+    (one softmax over all of them and ``new_individual``, at the fused threshold and temperature), and a
+    verified top answer is never ``new_individual``."""
     species_p = species_distribution(gallery, scores, species_names, config)
     p_non = non_cetacean_probability(species_p, species_names)
     species_index = best_cetacean_species(species_p, species_names)
     rejected = p_non > config.reject_threshold
 
     individual = individual_scores(gallery, scores, config)
-    probabilities = np.exp(individual_log_probabilities(individual, config))
+    fused = verification is not None
+    if verification is not None:
+        individual = individual + verification.bonus.astype(np.float32)
+    probabilities = np.exp(individual_log_probabilities(individual, config, fused))
     order = top_k(individual, config.top_k)
+    confirmed = verification is not None and len(order) > 0 and bool(verification.verified[order[0]])
     top = [
         Candidate(
             str(gallery.individuals[i]),
@@ -130,7 +157,7 @@ def decide(
         species=NON_CETACEAN if rejected else species_names[species_index],
         species_probability=p_non if rejected else float(species_p[species_index]),
         top5=top,
-        new_individual=not rejected and best < config.new_individual_threshold,
+        new_individual=not rejected and best < new_individual_threshold(config, fused) and not confirmed,
         new_individual_probability=float(probabilities[-1]),
         rejected=rejected,
         rejection_reason=f"this does not look like a whale or dolphin (P = {p_non:.2f})" if rejected else "",

@@ -10,10 +10,13 @@ live in ``VerifyConfig``; measured by ``benchmarks/bench_verify.py``.
 
 from __future__ import annotations
 
+import logging
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,6 +24,7 @@ from PIL import Image
 
 from whales_identify.config import VerifyConfig
 
+log = logging.getLogger(__name__)
 DESCRIPTOR_DIM = 128
 _MAGIC = b"WKP1"
 _HEADER = struct.Struct("<4sBHHH")  # magic, descriptor bits, keypoints, width, height
@@ -195,3 +199,80 @@ def rerank(candidate_scores: np.ndarray, inliers: np.ndarray, cfg: VerifyConfig)
     fused = fuse(candidate_scores, inliers, cfg)
     order = np.argsort(-fused, kind="stable")
     return Reranked(fused, order, np.asarray(inliers) >= cfg.verified_inliers)
+
+
+def record(image: Image.Image | np.ndarray, cfg: VerifyConfig) -> bytes:
+    """What a catalogue stores for a photo: ``describe(image).to_bytes()``."""
+    return describe(image, cfg).to_bytes()
+
+
+# Stored keypoints by catalogue photo name (bundled image name, or a user row's gallery name) → records.
+KeypointLookup = Callable[[Sequence[str]], dict[str, bytes]]
+
+
+def save_keypoints(path: Path | str, names: Sequence[str], records: Sequence[bytes], meta: str = "") -> int:
+    """Write a keypoint file: photo names, the concatenated records and their offsets; returns its size."""
+    if len(names) != len(records):
+        raise ValueError("one record per photo name")
+    offsets = np.cumsum([0] + [len(r) for r in records]).astype(np.int64)
+    np.savez_compressed(
+        path,
+        image_names=np.asarray(list(names), dtype=str),
+        offsets=offsets,
+        records=np.frombuffer(b"".join(records), dtype=np.uint8),
+        meta=np.asarray(meta),
+    )
+    return Path(path).stat().st_size
+
+
+class KeypointFile:
+    """The bundled catalogue's keypoints (``save_keypoints``), read once on first use; a lookup.
+
+    A missing or unreadable file is an empty one (verification then has nothing to check against:
+    identification goes on without it, with a warning in the log).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._index: dict[str, tuple[int, int]] | None = None
+        self._raw = b""
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            if self._index is not None:
+                return self._index
+            index: dict[str, tuple[int, int]] = {}
+            if self.path.exists():
+                try:
+                    with np.load(self.path, allow_pickle=False) as data:
+                        names, offsets = data["image_names"], data["offsets"].astype(np.int64)
+                        raw = data["records"].tobytes()
+                    if len(offsets) != len(names) + 1 or offsets[0] != 0 or offsets[-1] != len(raw):
+                        raise ValueError("offsets do not match the records")
+                    if np.any(np.diff(offsets) < 0):
+                        raise ValueError("offsets go backwards")
+                    index = {str(n): (int(offsets[i]), int(offsets[i + 1])) for i, n in enumerate(names)}
+                    self._raw = raw
+                except Exception as exc:  # never str(exc) from numpy (it suggests allow_pickle)
+                    log.warning(
+                        "%s is not a readable keypoint file (%s): no verification", self.path.name, type(exc).__name__
+                    )
+                    index = {}
+            self._index = index
+            return index
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def names(self) -> set[str]:
+        return set(self._load())
+
+    def __call__(self, names: Sequence[str]) -> dict[str, bytes]:
+        index = self._load()
+        found = {}
+        for name in names:
+            span = index.get(name)
+            if span is not None:
+                found[name] = self._raw[span[0] : span[1]]
+        return found

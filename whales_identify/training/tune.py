@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig
+from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig, VerifyConfig
 from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
+from whales_identify.matching.results import Identification
 from whales_identify.training.metrics import average_precision_at_5, ground_truth
 
 PROTOTYPE_WEIGHTS = (0.0, 0.15, 0.3, 0.5)
@@ -26,6 +27,7 @@ TEMPERATURES = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0)
 SPECIES_KNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 MIN_ACCEPTANCE = 0.98  # of validation cetaceans kept (the target is 0.97 on new animals: a margin)
 SPECIES_TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+VERIFY_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.20, 1.60, 0.02), 2))
 REJECT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.02, 0.96, 0.02), 2))
 
 
@@ -129,3 +131,76 @@ def tune(
         "cetaceans_50_99": np.quantile(p_non[is_cet], [0.5, 0.99]).round(4).tolist(),
     }
     return replace(chosen, reject_threshold=best_r), log
+
+
+def verified_of(gallery: Gallery, result: Identification, cfg: VerifyConfig) -> rules.Verified | None:
+    """The verification stage's contribution to ``result`` (from its evidence), to re-decide the same
+    photo under other rules without matching again; None when verification did not run."""
+    if not result.evidence:
+        return None
+    index = {name: i for i, name in enumerate(gallery.individuals.tolist())}
+    bonus = np.zeros(len(index), np.float32)
+    verified = np.zeros(len(index), bool)
+    for evidence in result.evidence:
+        i = index[evidence.individual_id]
+        bonus[i] = cfg.weight * min(evidence.inliers, cfg.inlier_cap) / cfg.inlier_cap
+        verified[i] = evidence.verified
+    return rules.Verified(bonus, verified)
+
+
+def tune_verified(
+    base: InferenceConfig,
+    gallery: Gallery,
+    queries: Sequence[rules.QueryScores],
+    verification: Sequence[rules.Verified | None],
+    truths: Sequence[str],
+) -> tuple[InferenceConfig, dict[str, Any]]:
+    """The fused scores' ``new_individual`` threshold (balanced MAP@5 of catalogued and unseen animals, as
+    for the global scores) and temperature (NLL of the right answer), on the validation queries that were
+    verified (``truths``: individual id or ``new_individual``)."""
+    checked = [(q, v, t) for q, v, t in zip(queries, verification, truths, strict=True) if v is not None]
+    log: dict[str, Any] = {"verified_queries": len(checked)}
+    if not checked:
+        return base, log
+    best = (-1.0, base.verify_new_individual_threshold)
+    for threshold in VERIFY_THRESHOLDS:
+        candidate = replace(base, verify_new_individual_threshold=threshold)
+        aps: dict[bool, list[float]] = {True: [], False: []}
+        for q, v, t in checked:
+            ranked = _fused_ranking(gallery, q, candidate, v)
+            aps[t == NEW_INDIVIDUAL].append(average_precision_at_5(t, ranked))
+        value = float(np.mean([np.mean(a) for a in aps.values() if a]))
+        if value > best[0]:
+            best = (value, threshold)
+    log["val_map5_balanced_verified"], threshold = best
+    chosen = replace(base, verify_new_individual_threshold=threshold)
+    index = {n: i for i, n in enumerate(gallery.individuals.tolist())}
+    fused = [(rules.individual_scores(gallery, q, chosen) + v.bonus, t) for q, v, t in checked]
+    best_t, best_nll = base.verify_temperature, np.inf
+    for temperature in TEMPERATURES:
+        candidate = replace(chosen, verify_temperature=temperature)
+        nll = 0.0
+        for scores, truth in fused:
+            log_p = rules.individual_log_probabilities(scores, candidate, verified=True)
+            nll -= log_p[-1] if truth == NEW_INDIVIDUAL else log_p[index[truth]]
+        if nll < best_nll:
+            best_t, best_nll = temperature, nll
+    log["val_nll_per_verified_query"] = float(best_nll / len(fused))
+    return replace(chosen, verify_temperature=best_t), log
+
+
+def _fused_ranking(
+    gallery: Gallery, scores: rules.QueryScores, config: InferenceConfig, v: rules.Verified
+) -> list[str]:
+    """Top-5 answers as ``Identification.ranked_answers`` gives them for fused scores (rejection and species
+    aside: these are verified right-whale photos): individuals by fused score, ``new_individual`` where its
+    threshold ranks it, unless the top answer is verified."""
+    fused = rules.individual_scores(gallery, scores, config) + v.bonus
+    order = rules.top_k(fused, config.top_k)
+    names = [str(gallery.individuals[i]) for i in order]
+    threshold = rules.new_individual_threshold(config, verified=True)
+    position = int(np.sum(fused[order] > threshold))
+    if position == 0 and len(order) and v.verified[order[0]]:
+        position = 1
+    names.insert(position, NEW_INDIVIDUAL)
+    return names[:5]
