@@ -226,8 +226,7 @@ def _review(
             key=f"cmp_review_{photo.key[:12]}_{rank}_{decision}",
             icon=DECISION_ICONS[decision],
             width="stretch",
-            disabled=disabled,
-            type="primary" if decision == "same" else "secondary",
+            disabled=disabled,  # all three look alike: the page does not suggest an answer
         ):
             clicked = decision
     if clicked is not None:

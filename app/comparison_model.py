@@ -190,20 +190,18 @@ def compose(
         canvas_size = (width, q_size[1] + GAP + p_size[1])
         q_offset, p_offset = (0, 0), (0, q_size[1] + GAP)
     canvas = Image.new("RGB", canvas_size, BACKGROUND)
-    canvas.paste(q_crop.convert("RGB").resize(q_size, Image.Resampling.LANCZOS), q_offset)
-    canvas.paste(p_crop.convert("RGB").resize(p_size, Image.Resampling.LANCZOS), p_offset)
-    q_place, p_place = Placement(q_window, q_offset, q_size), Placement(p_window, p_offset, p_size)
-    draw = ImageDraw.Draw(canvas)
     thickness = max(2, round(max(canvas_size) / 400))
+    q_place, p_place = Placement(q_window, q_offset, q_size), Placement(p_window, p_offset, p_size)
+    shown_query = q_crop.convert("RGB").resize(q_size, Image.Resampling.LANCZOS)
     if query_box is not None:
+        # drawn on the query photo alone: the parts of the box outside the zoomed view are cut off with it
         corners, _ = q_place.map(np.array([[query_box[0], query_box[1]], [query_box[2], query_box[3]]]))
-        (x1, y1), (x2, y2) = corners.tolist()
-        left, top = q_offset
-        right, bottom = q_offset[0] + q_size[0] - 1, q_offset[1] + q_size[1] - 1
-        x1, x2 = min(max(x1, left), right), min(max(x2, left), right)
-        y1, y2 = min(max(y1, top), bottom), min(max(y2, top), bottom)
+        (x1, y1), (x2, y2) = (corners - np.array(q_offset)).tolist()
         if x2 > x1 and y2 > y1:
-            draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=thickness)
+            ImageDraw.Draw(shown_query).rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=thickness)
+    canvas.paste(shown_query, q_offset)
+    canvas.paste(p_crop.convert("RGB").resize(p_size, Image.Resampling.LANCZOS), p_offset)
+    draw = ImageDraw.Draw(canvas)
     lines = 0
     if len(query_points):
         q_mapped, q_in = q_place.map(query_points)

@@ -371,7 +371,12 @@ def test_the_panel_compares_the_best_candidate_first_and_switches_candidate_and_
     assert "Compare with the catalogue" in [s.value for s in at.subheader]
     pictures = [img for element in at.get("image") for img in element.proto.imgs]
     assert any("your photo" in _plain(img.caption) for img in pictures)
-    assert "verified" not in _texts(at)  # no evidence yet: no lines, no verified badge
+    evidence = result.evidence_for(result.top5[0].individual_id)
+    if evidence is None:  # verification did not check it: no lines, nothing said about keypoints
+        assert "keypoints agree" not in _texts(at) and "verified (" not in _texts(at)
+    else:  # the verification stage's own evidence: said, and its photo is the one compared first
+        assert cm.evidence_text(evidence, None) in _texts(at)
+        assert any(evidence.photo.rsplit("/", 1)[-1] in _plain(c.value) for c in at.caption)
     strip.set_value(1).run()
     assert "catalogue photo" in _texts(at) and not at.exception
     candidate.set_value(1).run()

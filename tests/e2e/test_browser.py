@@ -450,3 +450,40 @@ def test_a_bookmarked_page_works_on_a_fresh_server(browser):
             assert "Identify a photo" in sidebar and "streamlit app" not in sidebar.lower(), sidebar
         finally:
             context.close()
+
+
+def test_compare_with_the_catalogue_at_512_px_and_record_a_verdict(page, server, shots):
+    """The comparison panel: the whole photo beside the best candidate's catalogue photo, each at least
+    512 px on the page; another photo from the strip; zoom; a verdict recorded and shown."""
+    [photo] = [p for p in _photos() if p.name.startswith("common_dolphin_")]
+    page.goto(server)
+    page.get_by_text("Upload a photo, take one with the camera").wait_for()
+    _upload(page, str(photo))
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Compare with the catalogue").wait_for()
+    picture = page.locator(".st-key-cmp_picture [data-testid='stImage'] img").first
+    picture.wait_for()
+    _settled(page)
+    picture.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "11_compare.png"), full_page=True)
+    # wide photos (a dorsal fin at sea) are shown one above the other, each across the picture's width
+    layout = main.get_by_role("radiogroup", name="Layout").get_by_role("radio", name="One above the other")
+    assert layout.get_attribute("aria-checked") == "true"
+    natural, shown = picture.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
+    assert natural >= 512 and shown >= 512, (natural, shown)
+    # another photo of the candidate, then zoom on the animal: a new picture each time
+    changed = "src => { const img = document.querySelector('.st-key-cmp_picture img'); return img && img.src !== src; }"
+    strip = main.get_by_role("radiogroup", name=re.compile("^Catalogue photo of"))
+    for control, option in ((strip, "2"), (main.get_by_role("radiogroup", name="Zoom on the animal"), "3×")):
+        before = picture.get_attribute("src")
+        control.get_by_role("radio", name=option, exact=True).click()
+        page.wait_for_function(changed, arg=before)
+        _settled(page)
+    # the verdict, with the reviewer's name
+    main.get_by_role("textbox", name="Reviewer (audit log)").fill("browser-reviewer")
+    main.get_by_role("button", name="Different").click()
+    verdict = page.locator(".st-key-cmp_verdict")
+    verdict.get_by_text("Different — recorded by browser-reviewer").wait_for()
+    _settled(page)
+    verdict.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "12_compare_verdict.png"), full_page=True)
