@@ -191,3 +191,22 @@ def test_train_localiser_command_exports_a_model_the_serving_side_runs(tmp_path:
     assert found.box is not None
     x1, y1, x2, y2 = found.box
     assert 0 <= x1 <= x2 <= photo.width and 0 <= y1 <= y2 <= photo.height
+
+
+def test_a_photo_with_no_animal_in_it_is_rejected_and_says_so(identifier) -> None:
+    """A photo in which the localiser finds no animal is rejected whatever the species head thinks (here a
+    humpback's forward pass with P(animal) set to 0.01); the same pass with the animal found is not."""
+    from dataclasses import replace
+
+    sea = identifier.identify(DATA / "non_cetacean_sea_22961.jpg")
+    assert sea.rejected and sea.species == NON_CETACEAN and not sea.new_individual
+    image = decode_image((DATA / "humpback_whale_32508e57-28c2-4ebf-872d-2264a0b8ce3f.jpg").read_bytes())
+    (output,) = identifier.forward([image])
+    assert output.objectness is not None and output.objectness > identifier.localiser.config.min_objectness
+    kept = identifier.decide(output)
+    assert not kept.rejected and kept.species == "humpback_whale"
+    emptied = identifier.decide(replace(output, objectness=0.01))
+    assert emptied.rejected and emptied.rejection_reason.startswith("no whale or dolphin found")
+    assert emptied.species == NON_CETACEAN and emptied.species_probability == pytest.approx(0.99)
+    assert not emptied.new_individual
+    assert [c.individual_id for c in emptied.top5] == [c.individual_id for c in kept.top5], "nothing else changes"

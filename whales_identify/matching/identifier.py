@@ -21,6 +21,7 @@ from whales_identify.config import (
     DEFAULT_CATALOGUE,
     DEFAULT_CHECKPOINT,
     DEFAULT_INFERENCE_CONFIG,
+    NON_CETACEAN,
     InferenceConfig,
     SpeedConfig,
     VerifyConfig,
@@ -51,6 +52,7 @@ class ModelOutput:
     species_logits: np.ndarray  # (S,) from the species head
     box: tuple[int, int, int, int] | None = None  # the crop the network saw (None: the whole photo)
     photo_size: tuple[int, int] | None = None  # (width, height) of the photo the box is in
+    objectness: float | None = None  # the localiser's P(an animal is in the photo); None: no localiser
 
 
 class Identifier:
@@ -157,16 +159,17 @@ class Identifier:
         mode), several times faster than the display-size decode for a phone photo."""
         return self.prepare(source, long_side=self.speed.identify_long_side)
 
-    def network_view(self, image: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+    def network_view(self, image: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int] | None, float | None]:
         """What the network looks at: the crop around the animal (the localiser's box grown by the
-        model's margin), or the whole photo when there is no localiser or no animal was found."""
+        model's margin), or the whole photo when there is no localiser or no animal was found;
+        with the localiser's P(animal) (None without a localiser)."""
         if self.localiser is None:
-            return image, None
+            return image, None, None
         location = self.localiser.locate(image)
         if location.box is None:
-            return image, None
+            return image, None, location.objectness
         crop = grow_box(location.box, self.network.config.crop_margin, *image.size)
-        return image.crop(crop), crop
+        return image.crop(crop), crop, location.objectness
 
     def forward(self, images: list[Image.Image], threads: int | None = None) -> list[ModelOutput]:
         """Embeddings and species-head logits for a batch of photos (each seen as ``network_view``).
@@ -176,13 +179,13 @@ class Identifier:
         if not images:
             return []
         views = [self.network_view(image) for image in images]
-        batch = np.stack([to_array(view, self.network.config) for view, _ in views])
+        batch = np.stack([to_array(view, self.network.config) for view, _, _ in views])
         if threads is None and len(images) == 1 and self.engine.name == "torch":
             threads = self.speed.single_photo_threads
         embeddings, species_logits = self.engine.run(batch, threads)
         return [
-            ModelOutput(e, s, box, image.size)
-            for e, s, (_, box), image in zip(embeddings, species_logits, views, images, strict=True)
+            ModelOutput(e, s, box, image.size, objectness)
+            for e, s, (_, box, objectness), image in zip(embeddings, species_logits, views, images, strict=True)
         ]
 
     # --- the decision --------------------------------------------------------------
@@ -213,9 +216,31 @@ class Identifier:
         config = config or self.config
         scores = self.scores(output, gallery)
         result = rules.decide(gallery, scores, self.species_names, config)
+        result = self._without_animal(output, result)
         if photo is not None:
             result = self.verify_shortlist(photo, result, scores, gallery, config)
         return replace(result, box=output.box, photo_size=output.photo_size)
+
+    def _without_animal(self, output: ModelOutput, result: Identification) -> Identification:
+        """Rejected when the localiser finds no animal at all (P(animal) below its ``min_objectness``):
+        an empty sea, sky or glacier that the species head took for a whale. Chosen on the validation
+        split's held-out negative sources, which it rejects whole without losing a cetacean there."""
+        config = self.localiser.config if self.localiser is not None else None
+        if config is None or not config.reject_without_animal or result.rejected or output.objectness is None:
+            return result
+        if output.objectness >= config.min_objectness:
+            return result
+        return replace(
+            result,
+            species=NON_CETACEAN,
+            species_probability=1.0 - output.objectness,
+            new_individual=False,
+            rejected=True,
+            rejection_reason=(
+                f"no whale or dolphin found in the photo (P(animal) = {output.objectness:.2f}); "
+                "if there is one, crop the photo around it and try again"
+            ),
+        )
 
     # --- verification ------------------------------------------------------------------
     def keypoints_for(self, names: list[str]) -> dict[str, bytes]:
