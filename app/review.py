@@ -33,7 +33,6 @@ LOW_FIRST = "Lowest probability first"
 ORDERS = ("Batch order", LOW_FIRST)
 KEYS = {"previous": "Left", "next": "Right", SAME: "1", DIFFERENT: "2", CANNOT_TELL: "3", "skip": "S"}
 KEYS_TEXT = "Keys: **←** / **→** previous / next · **1** Same · **2** Different · **3** Cannot tell · **S** skip"
-PREVIEW_WIDTH = 560  # px: the batch keeps previews of this order of size (AppConfig.preview_long_side)
 TOP5_THUMB = 120
 
 
@@ -149,18 +148,18 @@ def _progress(batch: BatchState, frame: pd.DataFrame) -> None:
     saved = sum(1 for f in files if f in batch.saved)
     st.progress(
         reviewed / max(len(files), 1),
-        text=f"**{reviewed} of {vm.plural(len(files), 'photo')} reviewed** · {saved} saved to the catalogue",
+        text=f"**{reviewed} of {vm.plural(len(files), 'photo')} reviewed** · {vm.plural(saved, 'verdict')} saved",
     )
 
 
 def _photo_and_answer(batch: BatchState, row: BatchRow) -> None:
     result = row.result
     assert result is not None  # reviewable rows are identified photos
-    left, right = st.columns([1.15, 1], gap="large")
+    left, right = st.columns([1.4, 1], gap="large")
     with left:
         preview = batch.previews.get(row.file)
         if preview:
-            st.image(preview, caption=vm.md_escape(row.file), width=PREVIEW_WIDTH)
+            st.image(preview, caption=vm.md_escape(row.file), width="stretch")
         else:
             st.info("No preview of this photo.")
     with right:
@@ -177,7 +176,13 @@ def _photo_and_answer(batch: BatchState, row: BatchRow) -> None:
                 )
             else:
                 st.caption(f"{title}: {vm.md_escape(best.individual_id)} (no catalogue photo stored)")
-    st.altair_chart(charts.top5_chart(result, height=190), width="stretch")
+
+
+def _candidates(row: BatchRow) -> None:
+    """The top-5 chart and each candidate's catalogue photo (to choose a correction by eye)."""
+    result = row.result
+    assert result is not None
+    st.altair_chart(charts.top5_chart(result), width="stretch")
     thumbs = services().identifier.gallery.thumbnails
     if result.top5:
         cols = st.columns(len(result.top5))
@@ -355,47 +360,33 @@ def _new_id_problem(batch: BatchState, file: str, individual: str) -> str:
     return ""
 
 
-def _save(batch: BatchState, photos: Callable[[], Iterable[tuple[str, bytes | None]]], uploads_match: bool) -> None:
+Photos = Callable[[], Iterable[tuple[str, bytes | None]]]
+
+
+def _save_now(batch: BatchState, photos: Photos, uploads_match: bool) -> None:
+    """The Save button's callback: it runs before the page is drawn, so the page then shows what was saved.
+    Its outcome stays in ``batch.review_note`` (kind, Markdown) until the next save."""
     pending = [d for f, d in batch.decisions.items() if f not in batch.saved]
     shared = services()
-    st.markdown("**Save to the catalogue**")
-    if shared.catalog is None:
-        st.warning(f"The user catalogue is unavailable ({vm.md_escape(shared.catalog_error)}); nothing can be saved.")
+    if shared.catalog is None or not pending:
         return
-    storing = sum(1 for d in pending if d.stores_photo)
-    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
-    actor = c1.text_input(
-        "Your name (audit log)",
-        value=st.session_state["actor"],
-        placeholder=vm.ANONYMOUS,
-        key="review_actor",
-        help=f"Left blank, the audit log records “{vm.ANONYMOUS}”.",
-    )
-    st.session_state["actor"] = actor
-    label = f"Save {vm.plural(len(pending), 'verdict')} ({vm.plural(storing, 'photo')} to store)"
-    clicked = c2.button(label, type="primary", icon=":material/save:", key="review_save", disabled=not pending)
-    st.caption(
-        "One transaction: every verdict gets a review row, every stored photo an audit-log entry; "
-        "if anything cannot be saved, nothing is."
-    )
-    if not clicked:
-        return
-    if storing and not uploads_match:
-        st.error(
-            "Nothing was saved: the photos are read again from the uploaded files, which are no longer there "
+    if any(d.stores_photo for d in pending) and not uploads_match:
+        batch.review_note = (
+            "error",
+            "**Nothing was saved:** the photos are read again from the uploaded files, which are no longer there "
             "(leaving the page clears the upload). Upload the same ZIP or photos again, then press Save; "
-            "your verdicts are kept."
+            "your verdicts are kept.",
         )
         return
+    actor = vm.actor_name(str(st.session_state.get("review_actor", "")))
     try:
-        with st.spinner("Saving…"):
-            report = save_reviewed(shared.catalog, shared.identifier, pending, photos(), vm.actor_name(actor))
+        report = save_reviewed(shared.catalog, shared.identifier, pending, photos(), actor)
     except ReviewSaveError as exc:
         listing = "\n".join(f"- {vm.md_escape(f)}: {vm.md_escape(why)}" for f, why in exc.problems[:12])
-        st.error(f"**Nothing was saved.**\n\n{listing}")
+        batch.review_note = ("error", f"**Nothing was saved.**\n\n{listing}")
         return
     except CatalogError as exc:
-        st.error(f"Nothing was saved: {vm.md_escape(exc)}")
+        batch.review_note = ("error", f"**Nothing was saved:** {vm.md_escape(exc)}")
         return
     stored = {p.file: p for p in report.photos}
     for decision in pending:
@@ -406,7 +397,46 @@ def _save(batch: BatchState, photos: Callable[[], Iterable[tuple[str, bytes | No
             else ("already in the catalogue" if photo else "verdict recorded")
         )
     services()  # identifications from now on search the updated catalogue
-    st.success(f"Saved: {vm.md_escape(report.summary())}.")
+    batch.review_note = ("success", f"Saved: {vm.md_escape(report.summary())}.")
+
+
+def _save(batch: BatchState, photos: Photos, uploads_match: bool) -> None:
+    pending = [d for f, d in batch.decisions.items() if f not in batch.saved]
+    shared = services()
+    st.markdown("**Save to the catalogue**")
+    if shared.catalog is None:
+        st.warning(f"The user catalogue is unavailable ({vm.md_escape(shared.catalog_error)}); nothing can be saved.")
+        return
+    storing = sum(1 for d in pending if d.stores_photo)
+    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+    if "review_actor" not in st.session_state:
+        st.session_state["review_actor"] = st.session_state["actor"]
+    actor = c1.text_input(
+        "Your name (audit log)",
+        placeholder=vm.ANONYMOUS,
+        key="review_actor",
+        help=f"Left blank, the audit log records “{vm.ANONYMOUS}”.",
+    )
+    st.session_state["actor"] = actor
+    label = f"Save {vm.plural(len(pending), 'verdict')} ({vm.plural(storing, 'photo')} to store)"
+    c2.button(
+        label,
+        type="primary",
+        icon=":material/save:",
+        key="review_save",
+        disabled=not pending,
+        on_click=_save_now,
+        args=(batch, photos, uploads_match),
+    )
+    st.caption(
+        "One transaction: every verdict gets a review row, every stored photo an audit-log entry; "
+        "if anything cannot be saved, nothing is."
+    )
+    kind, text = batch.review_note
+    if kind == "success":
+        st.success(text)
+    elif kind == "error":
+        st.error(text)
 
 
 def review_section(
@@ -419,8 +449,14 @@ def review_section(
     """The review mode of the Batch page: progress over the whole batch, the photos the filters let through."""
     _progress(batch, frame)
     c1, c2 = st.columns(2)
-    unreviewed_only = c1.toggle("Only photos without a verdict", key="review_unreviewed")
-    order = c2.segmented_control("Order", ORDERS, default=ORDERS[0], key="review_order") or ORDERS[0]
+    # another list starts at its top
+    unreviewed_only = c1.toggle(
+        "Only photos without a verdict", key="review_unreviewed", on_change=_go, args=(batch, None)
+    )
+    order = (
+        c2.segmented_control("Order", ORDERS, default=ORDERS[0], key="review_order", on_change=_go, args=(batch, None))
+        or ORDERS[0]
+    )
     done = set(batch.decisions) | set(batch.saved)
     queue = review_queue(shown, done, unreviewed_only, order)
     if batch.review_at not in queue and batch.review_at in batch.decisions and unreviewed_only:
@@ -438,8 +474,9 @@ def review_section(
             st.success(f"Saved ({vm.md_escape(verdict)}): {vm.md_escape(batch.saved[current])}.")
         elif verdict:
             st.info(f"Your verdict: {vm.md_escape(verdict)} (not saved yet)")
+        _photo_and_answer(batch, row)
         _buttons(batch, row, queue)
         if batch.fixing and current not in batch.saved:
             _correction(batch, row, index, queue)
-        _photo_and_answer(batch, row)
+        _candidates(row)
     _save(batch, photos, uploads_match)

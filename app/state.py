@@ -96,6 +96,7 @@ class BatchState:
     saved: dict[str, str] = field(default_factory=dict)
     review_at: str | None = None
     fixing: str | None = None  # the verdict whose correction panel is open ("different", or "same" on a new answer)
+    review_note: tuple[str, str] = ("", "")  # the last save's outcome: ("success" or "error", Markdown)
 
     @property
     def photos_done(self) -> int:

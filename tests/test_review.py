@@ -521,7 +521,45 @@ def test_the_table_shows_status_new_date_and_gps_in_short_columns() -> None:
     [table] = at.dataframe
     frame = table.value
     gps = frame.set_index("file").loc["trip/gps.jpg"]
-    assert gps["gps"] == "48.5000, -123.1667" and gps["taken_at"] == "2024-07-01 10:20:30"
+    assert gps["gps"] == "48.500, -123.167" and gps["taken_at"] == "2024-07-01 10:20:30"
     assert frame.set_index("file").loc["trip/broken.jpg", "status"].startswith("ERROR: ")
     shown = list(table.proto.column_order)
     assert {"status", "new_individual", "taken_at", "gps"} <= set(shown) and "lat" not in shown
+
+
+def test_same_on_a_new_individual_names_it_and_skip_takes_a_verdict_back() -> None:
+    at = _review(_batch())
+    batch = at.session_state["batch"]
+    at.segmented_control(key="review_order").set_value("Lowest probability first").run()
+    probabilities = [r.probability for r in batch.rows if r.status == "ok" and not r.rejected]
+    first = next(r for r in batch.rows if r.file == batch.review_at)
+    assert first.probability == min(probabilities), "the least sure answer comes first"
+    for _ in range(len(batch.rows)):
+        row = next(r for r in batch.rows if r.file == batch.review_at)
+        if row.individual_id == NEW_INDIVIDUAL:
+            break
+        at.button(key="review_next").click().run()
+    else:
+        pytest.skip("no sample photo is answered 'new individual'")
+    index = batch.rows.index(row)
+    at.button(key="review_same").click().run()  # "yes, new": it needs an id and a species
+    assert batch.fixing == "same" and row.file not in batch.decisions
+    assert at.button(key="review_record").disabled
+    at.text_input(key=f"review_new_{index}").input("DOLPHIN-NEW-1").run()
+    species = at.selectbox(key=f"review_sp_{index}").value
+    assert species == row.species  # the predicted species is proposed
+    at.button(key="review_record").click().run()
+    decision = batch.decisions[row.file]
+    assert (decision.decision, decision.individual_id, decision.new, decision.species) == (
+        "same",
+        "DOLPHIN-NEW-1",
+        True,
+        row.species,
+    )
+    at.toggle(key="review_unreviewed").set_value(True).run()
+    assert batch.review_at != row.file, "the reviewed photo left the 'without a verdict' list"
+    at.toggle(key="review_unreviewed").set_value(False).run()  # the whole list again, from its top
+    while batch.review_at != row.file:
+        at.button(key="review_next").click().run()
+    at.button(key="review_skip").click().run()
+    assert row.file not in batch.decisions, "Skip takes the verdict back"

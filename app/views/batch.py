@@ -187,25 +187,29 @@ def _filters(frame: pd.DataFrame) -> pd.DataFrame:
     return vm.filter_batch(frame, species, minimum, new_only)
 
 
-TABLE_COLUMNS = {  # fits a 1400 px screen with the sidebar open: no horizontal scrolling (tests/e2e)
-    "thumbnail": st.column_config.ImageColumn("Photo", width=48),
-    "file": st.column_config.TextColumn("File", width=150),
-    "species": st.column_config.TextColumn("Species", width=130),
-    "individual": st.column_config.TextColumn("Individual", width=115),
+# Widths fit a 1400 px screen with the sidebar open (about 940 px of grid, the selection column
+# included): no horizontal scrolling (tests/e2e). Long cells are cut; the detail below shows them whole.
+TABLE_COLUMNS = {
+    "thumbnail": st.column_config.ImageColumn("Photo", width=44),
+    "file": st.column_config.TextColumn("File", width=128),
+    "species": st.column_config.TextColumn("Species", width=120),
+    "individual": st.column_config.TextColumn("Individual", width=108),
     "probability": st.column_config.ProgressColumn(
-        "Prob.", min_value=0.0, max_value=1.0, format="percent", width=80, help="Probability of the answer"
+        "Prob.", min_value=0.0, max_value=1.0, format="percent", width=74, help="Probability of the answer"
     ),
-    "new_individual": st.column_config.CheckboxColumn("New", width=44, help="A new individual"),
-    "status": st.column_config.TextColumn("Status", width=90, help="ok, rejected (no whale or dolphin), or the error"),
-    "review": st.column_config.TextColumn("Review", width=70, help="Your verdict (✓ saved to the catalogue)"),
+    "new_individual": st.column_config.CheckboxColumn("New", width=42, help="A new individual"),
+    "status": st.column_config.TextColumn("Status", width=78, help="ok, rejected (no whale or dolphin), or the error"),
+    "review": st.column_config.TextColumn("Review", width=62, help="Your verdict (✓ saved to the catalogue)"),
     "taken_at": st.column_config.TextColumn("Date", width=132, help="When the photo was taken (EXIF)"),
-    "gps": st.column_config.TextColumn("GPS", width=124, help="Latitude, longitude (EXIF); the map below has them all"),
+    "gps": st.column_config.TextColumn(
+        "GPS", width=114, help="Latitude, longitude (EXIF), to about 100 m; the map's tooltips have five decimals"
+    ),
 }
 
 
 def _gps(lat: float | None, lon: float | None) -> str:
-    """'48.5000, -123.1667': short enough for the table (the map's tooltip has five decimals)."""
-    return "" if pd.isna(lat) or pd.isna(lon) else f"{lat:.4f}, {lon:.4f}"
+    """'48.500, -123.167': short enough for the table."""
+    return "" if pd.isna(lat) or pd.isna(lon) else f"{lat:.3f}, {lon:.3f}"
 
 
 def _table(batch: BatchState, shown: pd.DataFrame):
