@@ -81,7 +81,7 @@ class EnrolmentError(CatalogError):
 
 
 @dataclass
-class _Prepared:
+class PreparedPhoto:
     name: str
     sha256: str
     crop: bytes
@@ -90,7 +90,7 @@ class _Prepared:
     keypoints: bytes | None = None  # the crop's, for the verification stage
 
 
-def _prepare(catalog: Catalog, identifier: Embedder, name: str, data: bytes) -> _Prepared:
+def prepare_photo(catalog: Catalog, identifier: Embedder, name: str, data: bytes) -> PreparedPhoto:
     """Decode (InvalidImageError on a bad file), reduce to the stored crop, read EXIF."""
     cfg = catalog.config
     # Decoded to about twice the stored size (fast), then reduced with a good filter by encode_jpeg.
@@ -98,10 +98,10 @@ def _prepare(catalog: Catalog, identifier: Embedder, name: str, data: bytes) -> 
     crop = encode_jpeg(image, cfg.crop_long_side, cfg.crop_quality)
     thumb = encode_jpeg(image, cfg.thumbnail_size, cfg.thumbnail_quality, optimize=True)
     # The keypoints are found on the stored crop (what a re-description would see), not the original.
-    return _Prepared(name, hashlib.sha256(data).hexdigest(), crop, thumb, read_metadata(data), crop_keypoints(crop))
+    return PreparedPhoto(name, hashlib.sha256(data).hexdigest(), crop, thumb, read_metadata(data), crop_keypoints(crop))
 
 
-def _embed(catalog: Catalog, identifier: Embedder, crops: Sequence[bytes]) -> Iterator[Any]:
+def embed_crops(catalog: Catalog, identifier: Embedder, crops: Sequence[bytes]) -> Iterator[Any]:
     """Embeddings of the stored crops (not the originals), so ``reembed`` reproduces them exactly."""
     size = catalog.config.embed_batch_size
     for start in range(0, len(crops), size):
@@ -118,13 +118,13 @@ def accepted_species(catalog: Catalog, identifier: Embedder) -> set[str]:
     return names
 
 
-def _checked_new_id(catalog: Catalog, individual_id: str) -> str:
+def checked_new_id(catalog: Catalog, individual_id: str) -> str:
     """An id that will be created must follow the rules; one already in the catalogue is taken as it is."""
     return individual_id if catalog.known(individual_id) else checked_id(individual_id)
 
 
-def _record(
-    p: _Prepared, embedding: Any, individual_id: str, species: str, version: str, new: bool, tags: str
+def new_image(
+    p: PreparedPhoto, embedding: Any, individual_id: str, species: str, version: str, new: bool, tags: str
 ) -> NewImage:
     meta = p.metadata
     return NewImage(
@@ -163,7 +163,7 @@ def enrol_photo(
     individual_id = individual_id.strip()
     if not individual_id:
         raise CatalogError("an individual id is needed")
-    _checked_new_id(catalog, individual_id)
+    checked_new_id(catalog, individual_id)
     if species and species.strip():
         checked_species(species.strip(), accepted_species(catalog, identifier))
     sha = hashlib.sha256(data).hexdigest()
@@ -183,9 +183,9 @@ def enrol_photo(
         raise CatalogError("a species is needed for a new individual")
     if known_species and species != known_species:
         raise CatalogError(f"{individual_id} is a {known_species} in the catalogue, not a {species}")
-    prepared = _prepare(catalog, identifier, source_name, data)
-    embedding = next(_embed(catalog, identifier, [prepared.crop]))
-    record = _record(prepared, embedding, individual_id, species, identifier.model_version, new, tags)
+    prepared = prepare_photo(catalog, identifier, source_name, data)
+    embedding = next(embed_crops(catalog, identifier, [prepared.crop]))
+    record = new_image(prepared, embedding, individual_id, species, identifier.model_version, new, tags)
     image_id = catalog.add_images([record], actor)[0]
     if image_id is None:  # another process stored it in the meantime
         found = catalog.find_image(sha)
@@ -289,7 +289,7 @@ def enrol_zip(
     listed, csv_name, note = _listing(catalog, zip_source, species)
     if note:
         report.notes.append(note)
-    prepared: list[tuple[_Prepared, str, str]] = []
+    prepared: list[tuple[PreparedPhoto, str, str]] = []
     seen: dict[str, str] = {}  # sha256 → file, for duplicates inside the archive
     batch_species: dict[str, str] = {}  # new individuals of this archive → species
     for entry in iter_photos(zip_source):
@@ -317,10 +317,10 @@ def enrol_zip(
         )
     if not report.ok:
         raise EnrolmentError("nothing was enrolled", report)
-    embeddings = list(_embed(catalog, identifier, [p.crop for p, _, _ in prepared]))
+    embeddings = list(embed_crops(catalog, identifier, [p.crop for p, _, _ in prepared]))
     new_ids = {i for _, i, _ in prepared if not catalog.known(i)}
     records = [
-        _record(p, e, i, sp, identifier.model_version, i in new_ids, tags)
+        new_image(p, e, i, sp, identifier.model_version, i in new_ids, tags)
         for (p, i, sp), e in zip(prepared, embeddings, strict=True)
     ]
     ids = catalog.add_images(records, actor)
@@ -340,7 +340,7 @@ def _take(
     individual_id: str,
     species: str,
     state: tuple[dict[str, str], dict[str, str]],
-    prepared: list[tuple[_Prepared, str, str]],
+    prepared: list[tuple[PreparedPhoto, str, str]],
     report: EnrolReport,
 ) -> None:
     """Check and prepare one listed photo, adding an error/duplicate row to the report if needed."""
@@ -351,7 +351,7 @@ def _take(
         report.rows.append(EnrolRow(entry.name, "error", "no individual id"))
         return
     try:
-        _checked_new_id(catalog, individual_id)
+        checked_new_id(catalog, individual_id)
         if species:
             checked_species(species, accepted_species(catalog, identifier))
     except CatalogError as exc:
@@ -382,7 +382,7 @@ def _take(
         report.rows.append(EnrolRow(entry.name, "duplicate", f"same photo as {where}", individual_id))
         return
     try:
-        item = _prepare(catalog, identifier, entry.name, entry.data)
+        item = prepare_photo(catalog, identifier, entry.name, entry.data)
     except WhaleIdError as exc:
         report.rows.append(EnrolRow(entry.name, "error", str(exc), individual_id))
         return

@@ -24,7 +24,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from whales_identify.catalog.enrol import _checked_new_id, _embed, _prepare, _Prepared, _record, accepted_species
+from whales_identify.catalog.enrol import (
+    PreparedPhoto,
+    accepted_species,
+    checked_new_id,
+    embed_crops,
+    new_image,
+    prepare_photo,
+)
 from whales_identify.catalog.store import (
     REVIEW_DECISIONS,
     Catalog,
@@ -152,7 +159,7 @@ def check_decisions(
                 problems.append((d.file, "a new individual needs an id"))
                 continue
             try:
-                _checked_new_id(catalog, d.individual_id)
+                checked_new_id(catalog, d.individual_id)
                 checked_species(d.species, species_ok)
             except CatalogError as exc:
                 problems.append((d.file, str(exc)))
@@ -206,7 +213,7 @@ def save_reviewed(
     if problems:
         raise ReviewSaveError(problems)
     wanted = {d.file: d for d in decisions if d.stores_photo}
-    prepared: dict[str, _Prepared] = {}
+    prepared: dict[str, PreparedPhoto] = {}
     for file, data in photos:
         d = wanted.get(file)
         if d is None or file in prepared or data is None:
@@ -215,7 +222,7 @@ def save_reviewed(
             problems.append((file, "this file is not the photo that was reviewed (it changed since)"))
             continue
         try:
-            prepared[file] = _prepare(catalog, identifier, file, data)
+            prepared[file] = prepare_photo(catalog, identifier, file, data)
         except WhaleIdError as exc:
             problems.append((file, str(exc)))
     problems += [(file, "the photo is not among the files given") for file in wanted if file not in prepared]
@@ -223,14 +230,14 @@ def save_reviewed(
         raise ReviewSaveError(problems)
     # New individuals first: a later photo of the same animal in this review then confirms it.
     storing = sorted((d for d in decisions if d.stores_photo), key=lambda d: not d.new)
-    embeddings = list(_embed(catalog, identifier, [prepared[d.file].crop for d in storing]))
+    embeddings = list(embed_crops(catalog, identifier, [prepared[d.file].crop for d in storing]))
     created = {d.individual_id: d.species for d in storing if d.new}
     records = []
     for d, embedding in zip(storing, embeddings, strict=True):
         species = d.species if d.new else (catalog.species_of(d.individual_id) or created[d.individual_id])
         tags = "reviewed"
         records.append(
-            _record(prepared[d.file], embedding, d.individual_id, species, identifier.model_version, d.new, tags)
+            new_image(prepared[d.file], embedding, d.individual_id, species, identifier.model_version, d.new, tags)
         )
     reviews = [_review(d, identifier.model_version) for d in decisions]
     ids = catalog.add_images(records, actor, reviews=reviews)
