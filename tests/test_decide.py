@@ -11,10 +11,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig
+from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig, VerifyConfig
 from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
-from whales_identify.training.tune import tune
+from whales_identify.matching.results import Evidence
+from whales_identify.training.metrics import average_precision_at_5
+from whales_identify.training.tune import (
+    answers_of,
+    fused_metrics,
+    fused_outcomes,
+    store_matches,
+    tune,
+    tune_fusion,
+    verified_of,
+)
 
 SPECIES = ("humpback_whale", "beluga", NON_CETACEAN)
 E = np.eye(4, dtype=np.float32)
@@ -123,3 +133,129 @@ def test_tune_chooses_from_candidates_and_leaves_the_base_config_alone(gallery: 
     assert log["val_map5_balanced"] == pytest.approx(1.0)
     for query, truth in zip(queries, ["A", "C", NEW_INDIVIDUAL], strict=True):
         assert rules.decide(gallery, query, SPECIES, tuned).answer == truth
+
+
+# --- the verification stage's fusion: the bonus, and tuning it on stored matches --------------------------------
+def test_verification_bonus_is_capped_and_nothing_below_the_minimum() -> None:
+    cfg = VerifyConfig(weight=0.5, inlier_cap=10, min_inliers=5)
+    bonus = rules.verification_bonus(np.array([0, 4, 5, 10, 40]), cfg)
+    np.testing.assert_allclose(bonus, [0.0, 0.0, 0.25, 0.5, 0.5], atol=1e-6)
+    verified = rules.verification(np.array([0, 7, 8]), replace(cfg, verified_inliers=8)).verified
+    assert verified.tolist() == [False, False, True]
+
+
+def _random_split(seed: int) -> tuple[Gallery, list[rules.QueryScores], list[str], list[np.ndarray]]:
+    """Twelve individuals (two photos each) in 8 dimensions, queries near some of them or near none,
+    inlier counts for every individual (the true one often higher)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, 8))
+    photos = np.concatenate([centres + 0.6 * rng.normal(size=centres.shape) for _ in range(2)])
+    photos /= np.linalg.norm(photos, axis=1, keepdims=True)
+    ids = np.array([f"w{i:02d}" for i in range(12)] * 2)
+    gallery = Gallery(
+        photos.astype(np.float32), ids, np.array(["humpback_whale"] * 24), np.array([f"{i}.jpg" for i in range(24)])
+    )
+    queries, truths, inliers = [], [], []
+    for q in range(60):
+        known = q % 3 != 0
+        target = int(rng.integers(12))
+        e = (centres[target] if known else rng.normal(size=8)) + 0.8 * rng.normal(size=8)
+        e = (e / np.linalg.norm(e)).astype(np.float32)
+        queries.append(
+            rules.QueryScores(gallery.similarities(e), np.full(12, np.nan, np.float32), np.array([3.0, 0.0, -3.0]), e)
+        )
+        truths.append(f"w{target:02d}" if known else NEW_INDIVIDUAL)
+        counts = rng.integers(0, 7, size=12)
+        if known and rng.random() < 0.6:
+            counts[gallery.individuals.tolist().index(f"w{target:02d}")] = rng.integers(4, 20)
+        inliers.append(counts)
+    return gallery, queries, truths, inliers
+
+
+@pytest.mark.parametrize(
+    "fusion",
+    [
+        VerifyConfig(weight=1.0, inlier_cap=6, min_inliers=0, verified_inliers=8),
+        VerifyConfig(weight=0.3, inlier_cap=12, min_inliers=5, verified_inliers=10),
+        VerifyConfig(weight=0.05, inlier_cap=4, min_inliers=4, verified_inliers=5),  # verified answers override new
+    ],
+)
+def test_refusing_stored_matches_gives_what_decide_gives(fusion: VerifyConfig) -> None:
+    """The vectorised re-fusion that the tuner searches with agrees, query by query, with ``rules.decide``
+    fed the same evidence (as ``Identifier`` decides a verified photo), for every threshold."""
+    gallery, queries, truths, inliers = _random_split(3)
+    config = replace(CONFIG, prototype_weight=0.0, new_individual_threshold=0.5)
+    measured = VerifyConfig(candidates=6)  # a shortlist longer than top 5: only it is checked
+    results = []
+    for q, counts in zip(queries, inliers, strict=True):
+        shortlist = rules.top_k(rules.individual_scores(gallery, q, config), measured.candidates)
+        checked = np.zeros(12, np.int64)
+        checked[shortlist] = counts[shortlist]
+        first = rules.decide(gallery, q, SPECIES, config, rules.verification(checked, measured))
+        evidence = tuple(
+            Evidence(str(gallery.individuals[i]), int(checked[i]), False, "x.jpg", np.zeros((0, 2)), np.zeros((0, 2)))
+            for i in shortlist
+        )
+        results.append(replace(first, evidence=evidence))
+    results[0] = replace(results[0], evidence=())  # verification did not run on this one: kept as answered
+    stored = store_matches(gallery, queries, results, truths, config, measured.candidates)
+    assert len(stored.truth) == 59 and len(stored.unverified_known_ap) + len(stored.unverified_new_ap) == 1
+    thresholds = [0.3, 0.6, 0.9, 1.2]
+    metrics = fused_metrics(stored, fusion, thresholds)
+    for at, threshold in enumerate(thresholds):
+        trial = replace(config, verify_new_individual_threshold=threshold)
+        decided = [
+            results[0],
+            *(
+                rules.decide(gallery, q, SPECIES, trial, verified_of(gallery, r, fusion))
+                for q, r in zip(queries[1:], results[1:], strict=True)
+            ),
+        ]
+        known = [t != NEW_INDIVIDUAL for t in truths]
+        top1 = np.mean([d.answer == t for d, t, k in zip(decided, truths, known, strict=True) if k])
+        recall = np.mean([d.answer == NEW_INDIVIDUAL for d, k in zip(decided, known, strict=True) if not k])
+        aps = [average_precision_at_5(t, answers_of(d)) for d, t in zip(decided, truths, strict=True)]
+        balanced = np.mean(
+            [np.mean([a for a, k in zip(aps, known, strict=True) if k == side]) for side in (True, False)]
+        )
+        assert metrics["known_top1"][at] == pytest.approx(top1)
+        assert metrics["new_individual_recall"][at] == pytest.approx(recall)
+        assert metrics["map5_balanced"][at] == pytest.approx(balanced)
+    overriding = fused_outcomes(stored, fusion, [5.0])  # a threshold nothing reaches: only verified answers stay
+    assert (~overriding["answered_new"][0] == overriding["verified"]).all()
+
+
+def test_tune_fusion_finds_a_minimum_that_silences_chance_matches() -> None:
+    """As for the sample w_6141: a wrong individual gets 4 inliers by chance and the true one 2, where the
+    cosine winner is right (0.57 against 0.39); elsewhere the cosine is a near tie and only the true
+    individual's 12 inliers decide. The previous fusion (weight 1, cap 6, no minimum) loses the first kind;
+    the tuned one must get both right."""
+    names = [f"w{i}" for i in range(8)]
+    gallery = Gallery(np.eye(8, dtype=np.float32), np.array(names), np.array(["humpback_whale"] * 8), np.array(names))
+    base = replace(CONFIG, prototype_weight=0.0)
+    queries, results, truths = [], [], []
+    for q in range(40):
+        truth, chance = q % 8, (q + 2) % 8
+        sims = np.full(8, 0.30, np.float32)
+        inliers = np.full(8, 3)
+        if q % 2:  # the cosine winner is right; a chance match elsewhere
+            sims[truth], sims[chance] = 0.57, 0.39
+            inliers[truth], inliers[chance] = 2, 4
+        else:  # a near tie that only the keypoints settle
+            sims[truth], sims[(truth + 1) % 8] = 0.32, 0.40
+            inliers[truth] = 12
+        scores = rules.QueryScores(sims, np.full(8, np.nan, np.float32), np.array([3.0, 0.0, -3.0]), np.eye(8)[truth])
+        evidence = tuple(
+            Evidence(n, int(c), False, "x", np.zeros((0, 2)), np.zeros((0, 2)))
+            for n, c in zip(names, inliers, strict=True)
+        )
+        queries.append(scores)
+        results.append(replace(rules.decide(gallery, scores, SPECIES, base), evidence=evidence))
+        truths.append(names[truth])
+    stored = store_matches(gallery, queries, results, truths, base, 8)
+    previous = VerifyConfig(weight=1.0, inlier_cap=6, min_inliers=0)
+    assert fused_metrics(stored, previous, [0.0])["known_top1"][0] == pytest.approx(0.5)  # every w_6141 lost
+    config, fusion, log = tune_fusion(base, VerifyConfig(), stored)
+    assert log["val_known_top1"] == pytest.approx(1.0)
+    for q, r, t in zip(queries, results, truths, strict=True):
+        assert rules.decide(gallery, q, SPECIES, config, verified_of(gallery, r, fusion)).answer == t

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whales_identify.config import NON_CETACEAN, InferenceConfig
+from whales_identify.config import NON_CETACEAN, InferenceConfig, VerifyConfig
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.results import Candidate, Identification
 
@@ -71,6 +71,19 @@ class Verified:
 
     bonus: np.ndarray  # (individuals,) weight * min(inliers, cap) / cap; 0 where not checked
     verified: np.ndarray  # (individuals,) bool: inliers >= VerifyConfig.verified_inliers
+
+
+def verification_bonus(inliers: np.ndarray | int, cfg: VerifyConfig) -> np.ndarray:
+    """What keypoint evidence adds to an individual's score: ``weight * min(inliers, cap) / cap``, and
+    nothing below ``min_inliers`` (a few inliers arise by chance between two different whales)."""
+    count = np.asarray(inliers, np.float32)
+    evidence = np.minimum(count, cfg.inlier_cap) / cfg.inlier_cap
+    return np.where(count >= cfg.min_inliers, cfg.weight * evidence, 0.0).astype(np.float32)
+
+
+def verification(inliers: np.ndarray, cfg: VerifyConfig) -> Verified:
+    """The ``Verified`` of per-individual inlier counts (0 where not checked)."""
+    return Verified(verification_bonus(inliers, cfg), np.asarray(inliers) >= cfg.verified_inliers)
 
 
 def new_individual_threshold(config: InferenceConfig, verified: bool = False) -> float:

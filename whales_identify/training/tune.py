@@ -10,7 +10,7 @@ uses (``matching/rules.py``); nothing shared is modified.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -134,18 +134,225 @@ def tune(
 
 
 def verified_of(gallery: Gallery, result: Identification, cfg: VerifyConfig) -> rules.Verified | None:
-    """The verification stage's contribution to ``result`` (from its evidence), to re-decide the same
-    photo under other rules without matching again; None when verification did not run."""
+    """The verification stage's contribution to ``result`` (from its evidence's inlier counts) under the
+    fusion settings of ``cfg``, to re-decide the same photo under other rules without matching again;
+    None when verification did not run."""
     if not result.evidence:
         return None
     index = {name: i for i, name in enumerate(gallery.individuals.tolist())}
-    bonus = np.zeros(len(index), np.float32)
-    verified = np.zeros(len(index), bool)
+    inliers = np.zeros(len(index), np.int64)
     for evidence in result.evidence:
-        i = index[evidence.individual_id]
-        bonus[i] = cfg.weight * min(evidence.inliers, cfg.inlier_cap) / cfg.inlier_cap
-        verified[i] = evidence.verified
-    return rules.Verified(bonus, verified)
+        inliers[index[evidence.individual_id]] = evidence.inliers
+    return rules.verification(inliers, cfg)
+
+
+@dataclass(frozen=True)
+class StoredMatches:
+    """One split's queries after matching once (``Identifier.decide(..., photo=...)``): what re-fusing them
+    under any fusion setting needs. The fused top 5 always lies in the global model's shortlist (the
+    bonus is never negative and only shortlisted individuals get one), so the shortlist suffices for the
+    ranking; the temperature's likelihood uses every individual's score."""
+
+    shortlist_scores: np.ndarray  # (Q, C) global individual scores of each verified query's shortlist, best first
+    inliers: np.ndarray  # (Q, C) int: best photo's inliers per shortlisted individual (0: not checked)
+    truth: np.ndarray  # (Q,) the true individual's position in the shortlist; -1: new or not shortlisted
+    truth_index: np.ndarray  # (Q,) the true individual's row in ``gallery.individuals``; -1: new_individual
+    new: np.ndarray  # (Q,) bool: the truth is new_individual
+    scores: np.ndarray  # (Q, I) global individual scores
+    shortlist: np.ndarray  # (Q, C) rows in ``gallery.individuals``
+    unverified_known_ap: tuple[float, ...]  # AP@5 of queries verification did not run on, catalogued ...
+    unverified_new_ap: tuple[float, ...]  # ... and unseen animals (fixed: no fusion setting moves them)
+    unverified_known_top1: tuple[bool, ...]
+    unverified_new_answered_new: tuple[bool, ...]
+
+
+def store_matches(
+    gallery: Gallery,
+    queries: Sequence[rules.QueryScores],
+    results: Sequence[Identification],
+    truths: Sequence[str],
+    config: InferenceConfig,
+    candidates: int,
+) -> StoredMatches:
+    """``StoredMatches`` of verified ``results`` (their evidence) against ``gallery``; ``truths``: individual
+    id or ``new_individual``; ``config``: the global rules they were decided under; ``candidates``:
+    ``VerifyConfig.candidates`` (the shortlist's length)."""
+    index = {n: i for i, n in enumerate(gallery.individuals.tolist())}
+    short, inl, truth, truth_index, new, full, rows = [], [], [], [], [], [], []
+    fixed: dict[str, list] = {"known_ap": [], "new_ap": [], "known_top1": [], "new_new": []}
+    width = min(max(candidates, config.top_k), len(index))  # the fused top_k lies in it (0 inliers beyond)
+    for q, r, t in zip(queries, results, truths, strict=True):
+        if not r.evidence:
+            ranked = answers_of(r)
+            if t == NEW_INDIVIDUAL:
+                fixed["new_ap"].append(average_precision_at_5(t, ranked))
+                fixed["new_new"].append(r.answer == NEW_INDIVIDUAL)
+            else:
+                fixed["known_ap"].append(average_precision_at_5(t, ranked))
+                fixed["known_top1"].append(r.answer == t)
+            continue
+        individual = rules.individual_scores(gallery, q, config)
+        order = rules.top_k(individual, width)
+        counts = np.zeros(width, np.int64)
+        position = {int(i): k for k, i in enumerate(order)}
+        for e in r.evidence:
+            counts[position[index[e.individual_id]]] = e.inliers  # KeyError: evidence outside the shortlist
+        target = index.get(t, -1) if t != NEW_INDIVIDUAL else -1
+        short.append(individual[order])
+        inl.append(counts)
+        truth.append(position.get(target, -1))
+        truth_index.append(target)
+        new.append(t == NEW_INDIVIDUAL)
+        full.append(individual)
+        rows.append(order)
+    n = len(index)
+    return StoredMatches(
+        np.asarray(short, np.float32).reshape(-1, width),
+        np.asarray(inl, np.int64).reshape(-1, width),
+        np.asarray(truth, np.int64),
+        np.asarray(truth_index, np.int64),
+        np.asarray(new, bool),
+        np.asarray(full, np.float32).reshape(-1, n),
+        np.asarray(rows, np.int64).reshape(-1, width),
+        tuple(fixed["known_ap"]),
+        tuple(fixed["new_ap"]),
+        tuple(fixed["known_top1"]),
+        tuple(fixed["new_new"]),
+    )
+
+
+def answers_of(result: Identification) -> list[str]:
+    """Top-5 answers of ``result`` led by its answer: ``ranked_answers``, except that a verified top answer
+    (which overrides ``new_individual``) comes first, as ``Identification.answer`` gives it."""
+    ranked = result.ranked_answers()
+    if not result.rejected and not result.new_individual and ranked and ranked[0] == NEW_INDIVIDUAL:
+        ranked = [ranked[1], NEW_INDIVIDUAL, *ranked[2:]] if len(ranked) > 1 else ranked
+    return ranked
+
+
+def fused_outcomes(
+    stored: StoredMatches, cfg: VerifyConfig, thresholds: Sequence[float], top_k: int = 5
+) -> dict[str, np.ndarray]:
+    """The verified queries re-decided under ``cfg``'s fusion (weight, cap, min_inliers, verified_inliers)
+    for each fused ``new_individual`` threshold, as ``rules.decide`` decides them: per threshold and query,
+    the AP@5 of the answer list, whether the answer is right, whether it is new_individual; and per query
+    whether the top answer is verified (it then overrides new_individual)."""
+    q = len(stored.truth)
+    h = np.asarray(thresholds, np.float32)[:, None]
+    if q == 0:
+        empty = np.zeros((len(h), 0))
+        return {
+            "ap": empty,
+            "right": empty.astype(bool),
+            "answered_new": empty.astype(bool),
+            "verified": np.zeros(0, bool),
+            "top_right": np.zeros(0, bool),
+        }
+    fused = stored.shortlist_scores + rules.verification_bonus(stored.inliers, cfg)
+    order = np.argsort(-fused, axis=1, kind="stable")[:, :top_k]
+    top = np.take_along_axis(fused, order, axis=1)
+    verified = np.take_along_axis(stored.inliers, order[:, :1], axis=1)[:, 0] >= cfg.verified_inliers
+    hit = order == stored.truth[:, None]
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1), top_k)  # the truth's rank among the individuals
+    above = (top[None, :, :] >= h[:, :, None]).sum(axis=2)  # (H, Q): individuals ranked above new_individual
+    above = np.where((above == 0) & verified[None, :], 1, above)
+    position = np.where(stored.new[None, :], above, rank[None, :] + (above <= rank[None, :]))
+    ap = np.where(position < top_k, 1.0 / (position + 1), 0.0)
+    ap = np.where(~stored.new[None, :] & (rank[None, :] >= top_k), 0.0, ap)
+    answered_new = above == 0
+    right = np.where(stored.new[None, :], answered_new, (rank[None, :] == 0) & ~answered_new)
+    return {"ap": ap, "right": right, "answered_new": answered_new, "verified": verified, "top_right": rank == 0}
+
+
+def fused_metrics(stored: StoredMatches, cfg: VerifyConfig, thresholds: Sequence[float]) -> dict[str, np.ndarray]:
+    """Per threshold, over every query of the split (the unverified ones as they were answered): balanced
+    MAP@5 (catalogued and unseen animals weighing the same), known top-1, new-individual recall; and the
+    verified answers' count and precision (independent of the threshold)."""
+    out = fused_outcomes(stored, cfg, thresholds)
+    known, new = ~stored.new, stored.new
+    n_known = int(known.sum()) + len(stored.unverified_known_ap)
+    n_new = int(new.sum()) + len(stored.unverified_new_ap)
+    known_map = (out["ap"][:, known].sum(axis=1) + sum(stored.unverified_known_ap)) / max(n_known, 1)
+    new_map = (out["ap"][:, new].sum(axis=1) + sum(stored.unverified_new_ap)) / max(n_new, 1)
+    parts = [m for m, n in ((known_map, n_known), (new_map, n_new)) if n]
+    right = out["right"]
+    verified = out["verified"]
+    correct = verified & out["top_right"] & known
+    return {
+        "map5_balanced": np.mean(parts, axis=0),
+        "known_map5": known_map,
+        "known_top1": (right[:, known].sum(axis=1) + sum(stored.unverified_known_top1)) / max(n_known, 1),
+        "new_individual_recall": (right[:, new].sum(axis=1) + sum(stored.unverified_new_answered_new)) / max(n_new, 1),
+        "verified_answers": np.asarray(int(verified.sum())),
+        "verified_precision": np.asarray(float(correct.sum() / verified.sum()) if verified.any() else np.nan),
+    }
+
+
+FUSION_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+INLIER_CAPS = (4, 6, 8, 10, 12, 16, 20)
+MIN_INLIERS = (0, 3, 4, 5, 6, 7, 8)
+VERIFIED_INLIERS = (6, 7, 8, 9, 10, 12)
+# A "verified match" must be one users can trust: its precision on validation may not fall below this.
+MIN_VERIFIED_PRECISION = 0.95
+
+
+def tune_fusion(
+    base: InferenceConfig, verify: VerifyConfig, stored: StoredMatches
+) -> tuple[InferenceConfig, VerifyConfig, dict[str, Any]]:
+    """The fusion of keypoint evidence with the global scores, tuned jointly on validation queries matched
+    once (``store_matches``): weight, inlier cap, minimum inliers, verified inliers and the fused
+    ``new_individual`` threshold by balanced MAP@5 over every query of the split (catalogued and unseen
+    animals weighing the same, as for the global threshold), keeping the verified answers' precision at
+    least ``MIN_VERIFIED_PRECISION``; then the fused temperature by the NLL of the right answer.
+    Ties keep the first setting in grid order (the smaller weight, cap and minimum)."""
+    log: dict[str, Any] = {"verified_queries": len(stored.truth)}
+    if not len(stored.truth):
+        return base, verify, log
+    best: tuple[float, VerifyConfig, float] | None = None
+    for weight in FUSION_WEIGHTS:
+        for cap in INLIER_CAPS:
+            for minimum in MIN_INLIERS:
+                if minimum > cap:
+                    continue
+                for verified in VERIFIED_INLIERS:
+                    cfg = replace(verify, weight=weight, inlier_cap=cap, min_inliers=minimum, verified_inliers=verified)
+                    m = fused_metrics(stored, cfg, VERIFY_THRESHOLDS)
+                    precision = float(m["verified_precision"])
+                    if not np.isnan(precision) and precision < MIN_VERIFIED_PRECISION:
+                        continue
+                    at = int(np.argmax(m["map5_balanced"]))
+                    value = float(m["map5_balanced"][at])
+                    if best is None or value > best[0] + 1e-12:
+                        best = (value, cfg, VERIFY_THRESHOLDS[at])
+    if best is None:
+        return base, verify, log
+    value, chosen_verify, threshold = best
+    chosen = replace(base, verify_new_individual_threshold=threshold)
+    bonus = np.zeros_like(stored.scores)
+    np.put_along_axis(bonus, stored.shortlist, rules.verification_bonus(stored.inliers, chosen_verify), axis=1)
+    fused = stored.scores + bonus
+    best_t, best_nll = base.verify_temperature, np.inf
+    for temperature in TEMPERATURES:
+        candidate = replace(chosen, verify_temperature=temperature)
+        nll = 0.0
+        for scores, truth in zip(fused, stored.truth_index, strict=True):
+            log_p = rules.individual_log_probabilities(scores, candidate, verified=True)
+            nll -= log_p[-1] if truth < 0 else log_p[truth]
+        if nll < best_nll:
+            best_t, best_nll = temperature, nll
+    m = fused_metrics(stored, chosen_verify, [threshold])
+    log.update(
+        {
+            "val_map5_balanced": value,
+            "val_known_top1": float(m["known_top1"][0]),
+            "val_known_map5": float(m["known_map5"][0]),
+            "val_new_individual_recall": float(m["new_individual_recall"][0]),
+            "val_verified_answers": int(m["verified_answers"]),
+            "val_verified_precision": float(m["verified_precision"]),
+            "val_nll_per_verified_query": float(best_nll / len(fused)),
+        }
+    )
+    return replace(chosen, verify_temperature=best_t), chosen_verify, log
 
 
 def tune_verified(
