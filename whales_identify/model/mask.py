@@ -158,6 +158,10 @@ class Masker:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = self.config.threads
                 options.inter_op_num_threads = 1
+                # No memory arena: ONNX Runtime's CPU arena kept u2netp's intermediate tensors, 270 MB after
+                # the first photo and 480 MB after eleven, for the server's life; without it the process
+                # stays at +30 MB and a mask takes about as long (bench_server_memory, docs/SPEED.md).
+                options.enable_cpu_mem_arena = False
                 try:
                     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
                 except Exception as exc:
