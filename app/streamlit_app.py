@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import warmup
+from app import housekeeping, warmup
 from app.state import init_session_state
 
 st.set_page_config(page_title="Whale & dolphin ID", page_icon="🐋", layout="wide")
@@ -20,6 +20,7 @@ st.set_page_config(page_title="Whale & dolphin ID", page_icon="🐋", layout="wi
 VIEWS = Path(__file__).resolve().parent / "views"  # not pages/: Streamlit runs a pages/ folder by itself
 init_session_state()  # every session key the pages use, with its default, before any page runs
 warmup.start()  # the models load in a background thread while the first page is drawn (once per server)
+housekeeping.start()  # frees what closed browser sessions left in Streamlit's memory (once per server)
 navigation = st.navigation(
     [
         st.Page(VIEWS / "identify.py", title="Identify a photo", icon=":material/search:", default=True),
