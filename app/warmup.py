@@ -66,15 +66,18 @@ def _warm_up() -> WarmUp:
     return warm
 
 
-def start() -> WarmUp:
-    """Start the background load once per server (later calls return the same record)."""
-    return _warm_up()
+def start() -> WarmUp | None:
+    """Start the background load once per server (later calls return the same record); None without a
+    server (AppTest, bare scripts), where the pages load what they need themselves as before."""
+    from streamlit.runtime import Runtime
+
+    return _warm_up() if Runtime.exists() else None
 
 
 def status_line() -> None:
     """A caption on the Identify page while the models are still loading; nothing once they are ready."""
     warm = start()
-    if not warm.done:
+    if warm is not None and not warm.done:
         st.caption(
             f":material/hourglass_top: Getting ready: {warm.step} (once after the server starts, a few seconds). "
             "You can upload a photo now; it is identified as soon as this is done."

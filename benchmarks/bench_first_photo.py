@@ -180,9 +180,10 @@ def identify_upload(page, photo: Path) -> None:
     """Upload ``photo`` on the Identify page and wait until its answer and its mask are painted."""
     page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(photo))
     main = page.locator("[data-testid='stMain']")
-    # The species card of *this* photo: the photo's name is the caption under its mask view.
+    # *This* photo's answer: its name is the caption under its mask view; the JSON download closes the answer
+    # column whether the photo was identified or rejected (no species card then).
     main.get_by_text(photo.name).first.wait_for()
-    main.locator(".st-key-card_species").first.wait_for()
+    main.get_by_text("Result (JSON)").first.wait_for()
     page.get_by_text("Mask opacity").first.wait_for()
     settled(page)
     if main.get_by_text("Animal mask unavailable").count():
