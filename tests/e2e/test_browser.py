@@ -163,13 +163,23 @@ def server():
 
 
 def _record_server_memory(pid: int) -> None:
-    """Peak and current resident memory of the app server after the tests' photos and ZIPs:
-    the number the README quotes for Streamlit Community Cloud (written where screenshots go)."""
+    """Peak and current resident memory of the app server after the tests' photos and ZIPs, in the fields and
+    units of benchmarks/bench_server_memory.py (VmRSS_mb, VmHWM_mb; its 30-session series is the figure the
+    README quotes), written where screenshots go. Sessions closed less than server.disconnectedSessionTTL
+    ago are still held then, as they would be on a real server."""
+    import tomllib
+
     status = Path(f"/proc/{pid}/status").read_text()
     values = {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
     folder = os.environ.get("WHALE_ID_SCREENSHOTS")
     if folder:
-        Path(folder, "server_memory.txt").write_text(f"VmHWM {values['VmHWM']}\nVmRSS {values['VmRSS']}\n")
+        server_config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text()).get("server", {})
+        record = {
+            "VmRSS_mb": int(values["VmRSS"].split()[0]) // 1024,
+            "VmHWM_mb": int(values["VmHWM"].split()[0]) // 1024,
+            "server.disconnectedSessionTTL": server_config.get("disconnectedSessionTTL", 120),  # Streamlit's default
+        }
+        Path(folder, "server_memory.json").write_text(json.dumps(record, indent=2))
 
 
 @pytest.fixture(scope="module")
