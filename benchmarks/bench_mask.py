@@ -1,4 +1,4 @@
-"""Time of the animal mask (u2netp via rembg, CPU) on a 1024-pixel photo.
+"""Time of the animal mask (rembg's u2netp on ONNX Runtime, CPU) on a 1024-pixel photo.
 
     python benchmarks/bench_mask.py [--photo PATH] [--repeats 20] [--out benchmarks/results/mask.json]
 

@@ -972,3 +972,24 @@ def test_why_a_batch_ended_is_read_from_the_request_that_ended_it() -> None:
     assert state.why_batch_ended(_rerun_with([("$$ID-2-not_batch_stop_really", True)])).startswith("another")
     assert state.why_batch_ended(StopException()) == "the page was left or reloaded before the end"
     assert state.why_batch_ended(RuntimeError("bug")).startswith("an error ended it")
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_batch_verifies_right_whales_only_when_asked(verify: bool) -> None:
+    photos = sorted(PHOTO_DIR.glob("north_atlantic_right_whale_*.jpg"))
+    assert photos, "the right-whale samples are in tests/data"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for photo in photos:
+            archive.writestr(photo.name, photo.read_bytes())
+    at = _app()
+    at.switch_page("views/batch.py").run()
+    at.file_uploader[0].set_value(("heads.zip", buffer.getvalue(), "application/zip")).run()
+    if verify:
+        at.checkbox(key="batch_verify").check().run()
+    at.button(key="batch_start").click().run()
+    _no_failure(at)
+    rows = [r for r in at.session_state["batch"].rows if r.status == "ok"]
+    assert len(rows) == len(photos)
+    checked = [r.inliers is not None for r in rows]
+    assert all(checked) if verify else not any(checked), [(r.file, r.inliers) for r in rows]

@@ -259,3 +259,15 @@ def test_tune_fusion_finds_a_minimum_that_silences_chance_matches() -> None:
     assert log["val_known_top1"] == pytest.approx(1.0)
     for q, r, t in zip(queries, results, truths, strict=True):
         assert rules.decide(gallery, q, SPECIES, config, verified_of(gallery, r, fusion)).answer == t
+
+
+def test_ranked_answers_always_start_with_the_answer() -> None:
+    """A verified top answer overrides new_individual even when new_individual is the more probable:
+    the submission order must then start with that individual, as ``answer`` does."""
+    from whales_identify.matching.results import Candidate, Identification
+
+    top = [Candidate("A", "s", 0.30, 0.9), Candidate("B", "s", 0.10, 0.5)]
+    kept = Identification("s", 0.9, top, new_individual=False, new_individual_probability=0.55)
+    assert kept.answer == "A" and kept.ranked_answers() == ["A", NEW_INDIVIDUAL, "B"]
+    new = Identification("s", 0.9, top, new_individual=True, new_individual_probability=0.2)
+    assert new.answer == NEW_INDIVIDUAL and new.ranked_answers() == [NEW_INDIVIDUAL, "A", "B"]

@@ -322,7 +322,8 @@ class TextRules:
 
 @dataclass
 class MaskConfig:
-    """The animal mask: u2netp (salient-object segmentation) run through rembg, offline."""
+    """The animal mask: rembg's u2netp (salient-object segmentation) with rembg's pre- and post-processing, run
+    by ONNX Runtime directly (importing rembg compiled pymatting with numba: 33-193 s on a first photo)."""
 
     model_path: str = str(MODELS_DIR / "u2netp.onnx")
     input_long_side: int = 640  # the photo is reduced to this before the net (which works at 320 px)

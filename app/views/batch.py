@@ -113,7 +113,7 @@ def _zip_entries(prefix: str, item) -> Iterator[ArchiveEntry]:
         yield ArchiveEntry(item.name, None, str(exc))
 
 
-def _run(files, signature: tuple[tuple[str, int, str], ...]) -> BatchState:
+def _run(files, signature: tuple[tuple[str, int, str], ...], verify: bool = False) -> BatchState:
     """Identify the uploads, row by row, into a BatchState kept in the session from the first row on:
     leaving the page, reloading or pressing Stop ends the run (Streamlit interrupts the script at its
     next call) and what was done so far stays, with what happened."""
@@ -152,7 +152,7 @@ def _run(files, signature: tuple[tuple[str, int, str], ...]) -> BatchState:
             text=f"{done} / {total} files · {vm.duration(elapsed)} elapsed · about {vm.duration(left)} left",
         )
 
-    stream = identify_entries(identifier, _entries(sources, stash), on_row=on_row)
+    stream = identify_entries(identifier, _entries(sources, stash), on_row=on_row, verify=verify)
     try:
         for _ in stream:
             pass
@@ -310,8 +310,14 @@ def body() -> None:
         if batch is None or batch.signature != signature or not batch.finished:
             photos = _count_photos(files)
             label = f"Identify {vm.plural(photos, 'photo')}" if photos else f"Identify {vm.plural(len(files), 'file')}"
+            verify = st.checkbox(
+                "Verify right-whale matches by their callosity pattern",
+                key="batch_verify",
+                help="Checks each right whale's best candidates keypoint by keypoint (about 40 ms more a photo: "
+                "roughly a third of the batch speed). Answers the keypoints confirm are marked verified.",
+            )
             if st.button(label, type="primary", icon=":material/play_arrow:", key="batch_start"):
-                batch = _run(files, signature)
+                batch = _run(files, signature, verify)
             elif batch is not None and batch.signature != signature:
                 st.caption(
                     "New files selected: press the button to identify them (the table below is the previous batch)."

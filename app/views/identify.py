@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, panels
+from app import charts, panels, warmup
 from app import view_model as vm
 from app.comparison import comparison_panel
 from app.guard import run_guarded
@@ -72,6 +72,7 @@ def _choose_photo() -> tuple[str, bytes] | None:
 def body() -> None:
     st.title("Identify a whale or dolphin")
     st.caption("Species, the five most likely known individuals, or a new individual — from one photo.")
+    warmup.status_line()  # while the models load after the server starts
     chosen = _choose_photo()
     if chosen is None:
         st.info(

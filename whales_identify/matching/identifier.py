@@ -315,7 +315,7 @@ class Identifier:
                 continue
             best, found = best_match(query, [k for _, k in chosen], vc)
             name, matched = chosen[best]
-            bonus[position] = vc.weight * min(found.inliers, vc.inlier_cap) / vc.inlier_cap
+            bonus[position] = float(rules.verification_bonus(found.inliers, vc))
             verified[position] = found.inliers >= vc.verified_inliers
             points = (
                 query.xy[found.pairs[:, 0]] * np.asarray([sx, sy], np.float32)

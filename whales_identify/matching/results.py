@@ -107,14 +107,16 @@ class Identification:
         return self.top5[0].individual_id
 
     def ranked_answers(self) -> list[str]:
-        """Top-5 ids with ``new_individual`` inserted where its probability ranks it
-        (the Happywhale submission format, used for MAP@5)."""
+        """Five answers, best first (the Happywhale submission format, used for MAP@5): the single
+        ``answer`` first (``new_individual`` for a rejected photo), then the other top-5 ids and
+        ``new_individual`` in order of probability."""
         if self.rejected:  # no cetacean: certainly no known individual
             return [NEW_INDIVIDUAL, *[c.individual_id for c in self.top5][:4]]
         ranked = [(c.probability, c.individual_id) for c in self.top5]
         ranked.append((self.new_individual_probability, NEW_INDIVIDUAL))
         ranked.sort(key=lambda item: -item[0])
-        return [name for _, name in ranked][:5]
+        first = self.answer
+        return [first, *[name for _, name in ranked if name != first]][:5]
 
     def to_dict(self, with_embedding: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
