@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from app.view_model import percent
 from whales_identify.catalog.photos import ComparisonPhoto
 from whales_identify.catalog.store import REVIEW_LABELS
 from whales_identify.matching.results import Candidate, Evidence, Identification
@@ -245,7 +246,7 @@ def order_photos(photos: Sequence[ComparisonPhoto], evidence: Evidence | None) -
 def candidate_label(rank: int, candidate: Candidate, evidence: Evidence | None = None) -> str:
     """'#1 whale_15434 · 72.4 %' (plain text: escape it before Markdown), with ' ✓' when verified."""
     tick = " ✓" if evidence is not None and evidence.verified else ""
-    return f"#{rank} {candidate.individual_id} · {candidate.probability * 100:.1f} %{tick}"
+    return f"#{rank} {candidate.individual_id} · {percent(candidate.probability)}{tick}"
 
 
 def evidence_text(evidence: Evidence | None, photo: ComparisonPhoto | None, in_strip: bool = True) -> str:

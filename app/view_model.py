@@ -148,7 +148,15 @@ def cetacean_species(names: list[str]) -> list[str]:
 
 
 def percent(p: float | None) -> str:
-    return "—" if p is None else f"{100 * p:.1f} %"
+    """A probability as a percentage with one decimal; never a bare 100.0 % or 0.0 % (rounding would
+    claim a certainty the model does not have)."""
+    if p is None:
+        return "—"
+    if p >= 0.9995:
+        return "> 99.9 %"
+    if 0 < p < 0.0005:
+        return "< 0.1 %"
+    return f"{100 * p:.1f} %"
 
 
 def not_cetacean_probability(result: Identification) -> float | None:
@@ -249,7 +257,7 @@ def top5_frame(result: Identification) -> pd.DataFrame:
         }
     )
     frame = pd.DataFrame(rows)
-    frame["shown"] = frame["probability"].map(lambda p: f"{100 * p:.1f} %")
+    frame["shown"] = frame["probability"].map(percent)
     frame["role"] = frame.apply(lambda r: ("Answer: " if r["answer"] else "") + r["kind"], axis=1)
     return frame
 

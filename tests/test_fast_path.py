@@ -51,16 +51,18 @@ def test_one_photo_and_a_batch_give_the_same_answer(identifier: Identifier) -> N
     photos = sorted(DATA.glob("*.jpg"))
     items = [(p.name, p.read_bytes()) for p in photos] + [("broken.jpg", b"\xff\xd8 not a jpeg")]
     items.insert(2, ("empty.jpg", b""))
-    batch = list(identifier.identify_many(items, batch_size=2))
-    assert [name for name, _ in batch] == [name for name, _ in items]  # input order, errors in place
-    for (name, data), (_, outcome) in zip(items, batch, strict=True):
-        if name in ("broken.jpg", "empty.jpg"):
-            assert isinstance(outcome, InvalidImageError)
-            continue
-        single = identifier.identify(data)
-        assert outcome.answer == single.answer
-        assert [c.individual_id for c in outcome.top5] == [c.individual_id for c in single.top5]
-        assert np.abs(outcome.embedding - single.embedding).max() < 1e-4
+    for verify in (False, True):  # the batch verifies only when asked; one photo does by default
+        batch = list(identifier.identify_many(items, batch_size=2, verify=verify))
+        assert [name for name, _ in batch] == [name for name, _ in items]  # input order, errors in place
+        for (name, data), (_, outcome) in zip(items, batch, strict=True):
+            if name in ("broken.jpg", "empty.jpg"):
+                assert isinstance(outcome, InvalidImageError)
+                continue
+            single = identifier.identify(data, verify=verify)
+            assert outcome.answer == single.answer
+            assert [c.individual_id for c in outcome.top5] == [c.individual_id for c in single.top5]
+            assert [e.inliers for e in outcome.evidence] == [e.inliers for e in single.evidence]
+            assert np.abs(outcome.embedding - single.embedding).max() < 1e-4
 
 
 def test_a_stale_export_is_never_used(tmp_path: Path) -> None:

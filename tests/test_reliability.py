@@ -182,7 +182,7 @@ def test_concurrent_identification_gives_the_sequential_answers(identifier: Iden
     # batches from two threads at once agree too
     sources = [(p.name, p.read_bytes()) for p in photos]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = list(pool.map(lambda _: dict(identifier.identify_many(sources, batch_size=4)), range(2)))
+        runs = list(pool.map(lambda _: dict(identifier.identify_many(sources, batch_size=4, verify=True)), range(2)))
     for run in runs:
         for name, result in run.items():
             assert _summary(result)[:3] == expected[name][:3]

@@ -635,4 +635,6 @@ def import_catalog(
                 added += 1
             for individual_id, n in sorted(per_individual.items()):
                 catalog.audit(conn, "imported", individual_id, {"images": n}, actor)
+    if added:  # keypoints are derived data, not carried: described from the imported crops, as at enrolment
+        catalog.backfill_keypoints()
     return ImportSummary(created, added, duplicates)
