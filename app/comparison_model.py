@@ -126,10 +126,11 @@ def displayed_sides(query: Size, photo: Size, layout: str) -> tuple[float, float
 
 def auto_layout(query: Size, photo: Size) -> str:
     """The layout that shows the smaller of the two photos larger (side by side unless one above the
-    other is clearly larger: wide photos such as flukes and fins)."""
+    other is clearly larger: wide photos such as flukes and fins), and one above the other whenever side
+    by side would show a photo under ``MIN_SIDE`` (two square right-whale heads: 470 px each)."""
     side = min(displayed_sides(query, photo, SIDE_BY_SIDE))
     stacked = min(displayed_sides(query, photo, STACKED))
-    return STACKED if stacked > 1.15 * side else SIDE_BY_SIDE
+    return STACKED if stacked > 1.15 * side or side < MIN_SIDE else SIDE_BY_SIDE
 
 
 def display_width(query: Size, photo: Size, layout: str) -> int | None:

@@ -326,7 +326,10 @@ def test_the_keypoints_photo_comes_first_and_wide_photos_go_one_above_the_other(
     assert [p.reference for p in cm.order_photos(photos, evidence)] == ["p2", "p0", "p1"]
     assert [p.reference for p in cm.order_photos(photos, None)] == ["p0", "p1", "p2"]
     assert cm.auto_layout((1200, 400), (1280, 427)) == cm.STACKED  # flukes
-    assert cm.auto_layout((224, 224), (224, 224)) == cm.SIDE_BY_SIDE  # right-whale heads
+    # two square right-whale heads would be 470 px side by side: one above the other, each 512 px wide
+    assert cm.auto_layout((224, 224), (224, 224)) == cm.STACKED
+    assert cm.display_width((224, 224), (224, 224), cm.STACKED) >= 512
+    assert cm.auto_layout((900, 1200), (900, 1200)) == cm.SIDE_BY_SIDE  # portraits fit side by side
     assert cm.display_width((1024, 683), (1024, 700), cm.STACKED) >= 512
 
 
