@@ -4,11 +4,11 @@ A closed tab's session is kept for ``server.disconnectedSessionTTL`` seconds so 
 blip can resume it. When that time is up, Streamlit 1.67 drops the session from its store *without
 shutting it down*: the files that session uploaded (``UploadedFileManager``) and the images and
 downloads it was shown (``MediaFileManager``) stay in memory for the server's life, a few MB for
-every photo a user ever looked at. ``release_closed_sessions()``, called on every script run by
-``app/streamlit_app.py`` (a few dictionary look-ups), frees them for every session id the server no
-longer knows, active or resumable, then asks glibc to return the freed heap to the system. ``start()``
-(called by ``app/streamlit_app.py`` on every run) starts one background thread per server that sweeps
-every ``SWEEP_S`` seconds, so a server nobody is using gives the memory back too.
+every photo a user ever looked at. ``release_closed_sessions()`` frees them for every session id the
+server no longer knows (active or resumable ones are kept), then asks glibc to return the freed heap to
+the system. ``start()`` (called by ``app/streamlit_app.py`` on every run; cached, so once per server)
+starts the one background thread that calls it every ``SWEEP_S`` seconds, so a server nobody is using
+gives the memory back too.
 """
 
 from __future__ import annotations
