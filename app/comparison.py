@@ -3,7 +3,7 @@ zoom, the verification stage's matched keypoints, and the reviewer's Same / Diff
 
 Drawing is Streamlit; the picture and the words come from ``app/comparison_model.py``; the photos
 from ``whales_identify.catalog.photos``; verdicts go to ``Catalog.record_reviews`` and "Same" can
-add the photo to the catalogue through ``catalog.enrol.enrol_photo`` (the Identify page's save path).
+add the photo to the catalogue through ``panels.save_photo`` (the Identify page's save path).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import streamlit as st
 from PIL import Image
 
 from app import comparison_model as cm
+from app import panels
 from app.state import PhotoResult, services
 from app.view_model import actor_name, md_escape, percent, species_label
-from whales_identify.catalog.enrol import enrol_photo
 from whales_identify.catalog.photos import ComparisonPhoto, ComparisonPhotos
 from whales_identify.catalog.store import REVIEW_DECISIONS, REVIEW_LABELS, CatalogError, Review
 from whales_identify.config import ComparisonConfig
@@ -264,26 +264,4 @@ def _offer_to_add(photo: PhotoResult, individual: str, reviewer: str, shared: Se
         disabled=catalog.read_only,
     ):
         return
-    try:
-        with st.spinner("Saving…"):
-            row = enrol_photo(
-                catalog,
-                shared.identifier,
-                photo.data,
-                individual,
-                None,
-                source_name=photo.name,
-                actor=actor_name(reviewer),
-                new=False,
-            )
-    except CatalogError as exc:
-        st.error(f"Not saved: {md_escape(exc)}")
-        return
-    services()  # the next identification searches the updated catalogue
-    if row.status == "duplicate":
-        st.info(f"Already saved: {md_escape(row.message)}.")
-    else:
-        st.success(
-            f"Saved as image {row.image_id} of **{md_escape(row.individual_id)}** (confirmed). "
-            "Photos identified from now on are compared with the updated catalogue."
-        )
+    panels.save_photo(shared, photo, individual, None, reviewer, new=False)

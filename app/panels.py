@@ -13,12 +13,15 @@ import streamlit as st
 from PIL import Image
 
 from app.charts import positions_map, score_chart
-from app.view_model import md_escape, percent, position_text, rejection_text, short_id, species_label, taken_text
+from app.state import PhotoResult, services
+from app.view_model import actor_name, md_escape, percent, position_text, rejection_text, species_label, taken_text
+from whales_identify.catalog.enrol import enrol_photo
+from whales_identify.catalog.store import CatalogError
 from whales_identify.inputs.exif import PhotoMetadata
 from whales_identify.matching.results import Identification
-from whales_identify.model.mask import Box, crop_to_box, overlay
+from whales_identify.model.mask import Box, overlay
+from whales_identify.services import Services
 
-COMPARE_WIDTH = 320  # px: catalogue thumbnails are small; larger only blurs them
 CARD_STYLE = "font-size:1.55rem;font-weight:600;line-height:1.25;overflow-wrap:anywhere"
 
 
@@ -89,30 +92,6 @@ def decision_note(result: Identification, threshold: float, catalogue_size: int)
             st.altair_chart(score_chart(result, threshold), width="stretch")
 
 
-def side_by_side(image: Image.Image, box: Box | None, result: Identification, thumbnails: dict[str, bytes]) -> None:
-    """For each candidate, this photo (cropped to the animal) beside the catalogue's photo of it."""
-    if not result.top5:
-        return
-    st.subheader("Compare with the catalogue")
-    query = crop_to_box(image, box)
-    tabs = st.tabs([md_escape(f"#{i} {short_id(c.individual_id)}") for i, c in enumerate(result.top5, start=1)])
-    for tab, candidate in zip(tabs, result.top5, strict=True):
-        with tab:
-            left, right = st.columns(2)
-            left.image(query, caption="This photo", width=COMPARE_WIDTH)
-            thumb = thumbnails.get(candidate.individual_id)
-            if thumb:
-                right.image(
-                    thumb, caption=md_escape(f"{candidate.individual_id} in the catalogue"), width=COMPARE_WIDTH
-                )
-            else:
-                right.info("No catalogue photo stored for this individual.")
-            st.caption(
-                f"{species_label(candidate.species)} · probability {percent(candidate.probability)} · "
-                f"similarity score {candidate.score:.3f}"
-            )
-
-
 def metadata_block(meta: PhotoMetadata, name: str = "") -> None:
     """The photo's EXIF date and GPS position, whole (cards wrap; st.metric cut them off), with an offline
     map of the position when it has one."""
@@ -149,3 +128,41 @@ def mask_view(image: Image.Image, mask: Image.Image | None, box: Box | None, key
     show_box = c2.toggle("Show box", value=True, key=f"{key}_box")
     shown = overlay(image, mask, opacity, box=box if show_box else None)
     st.image(shown, caption=md_escape(caption) if caption else None, width="stretch")
+
+
+def save_photo(
+    shared: Services,
+    photo: PhotoResult,
+    individual: str,
+    species: str | None,
+    actor: str,
+    new: bool,
+    tags: str = "",
+) -> None:
+    """Enrol the photo (the Identify page's save form, and "Same" in the comparison) and say what happened."""
+    assert shared.catalog is not None
+    try:
+        with st.spinner("Saving…"):
+            row = enrol_photo(
+                shared.catalog,
+                shared.identifier,
+                photo.data,
+                individual,
+                species,
+                source_name=photo.name,
+                actor=actor_name(actor),
+                new=new,
+                tags=tags,
+            )
+    except CatalogError as exc:
+        st.error(f"Not saved: {md_escape(exc)}")
+        return
+    services()  # the next identification searches the updated catalogue
+    if row.status == "duplicate":
+        st.info(f"Already saved: {md_escape(row.message)}.")
+    else:
+        st.success(
+            f"Saved as image {row.image_id} of **{md_escape(row.individual_id)}** "
+            f"({'new individual' if new else 'confirmed'}). "
+            "Photos identified from now on are compared with the updated catalogue."
+        )

@@ -9,8 +9,6 @@ from app import view_model as vm
 from app.comparison import comparison_panel
 from app.guard import run_guarded
 from app.state import PhotoResult, app_config, examples, get_identifier, photo_result, services
-from whales_identify.catalog.enrol import enrol_photo
-from whales_identify.catalog.store import CatalogError
 
 
 def _choose_photo() -> tuple[str, bytes] | None:
@@ -195,31 +193,7 @@ def _save_form(photo: PhotoResult) -> None:
     if not individual or individual == "—":
         st.error("Enter the individual's id.")
         return
-    try:
-        with st.spinner("Saving…"):
-            row = enrol_photo(
-                shared.catalog,
-                identifier,
-                photo.data,
-                individual,
-                sp,
-                source_name=photo.name,
-                actor=vm.actor_name(actor),
-                new=new,
-                tags=tags,
-            )
-    except CatalogError as exc:
-        st.error(f"Not saved: {vm.md_escape(exc)}")
-        return
-    services()  # the next identification searches the updated catalogue
-    if row.status == "duplicate":
-        st.info(f"Already saved: {vm.md_escape(row.message)}.")
-    else:
-        st.success(
-            f"Saved as image {row.image_id} of **{vm.md_escape(row.individual_id)}** "
-            f"({'new individual' if new else 'confirmed'}). "
-            "Photos identified from now on are compared with the updated catalogue."
-        )
+    panels.save_photo(shared, photo, individual, sp, actor, new, tags)
 
 
 run_guarded(body)
