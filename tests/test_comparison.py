@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from test_app import _plain, _texts
 
 from app import comparison_model as cm
 from whales_identify.catalog.enrol import enrol_photo
@@ -334,14 +334,6 @@ def test_the_keypoints_photo_comes_first_and_wide_photos_go_one_above_the_other(
 
 
 # --- the Identify page's panel (AppTest, real model) ------------------------------------------------------------
-def _plain(markdown: str) -> str:
-    return re.sub(r"\\(.)", r"\1", str(markdown)).replace("\u2060", "")
-
-
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.success]
-    parts += [i.value for i in at.info] + [w.value for w in at.warning] + [e.value for e in at.error]
-    return "\n".join(_plain(p) for p in parts)
 
 
 def _control(at: AppTest, label: str):

@@ -271,3 +271,18 @@ def test_ranked_answers_always_start_with_the_answer() -> None:
     assert kept.answer == "A" and kept.ranked_answers() == ["A", NEW_INDIVIDUAL, "B"]
     new = Identification("s", 0.9, top, new_individual=True, new_individual_probability=0.2)
     assert new.answer == NEW_INDIVIDUAL and new.ranked_answers() == [NEW_INDIVIDUAL, "A", "B"]
+
+
+def test_no_animal_found_rejects_whatever_the_species_head_said() -> None:
+    from whales_identify.config import LocaliserConfig
+    from whales_identify.matching.results import Candidate, Identification
+
+    answer = Identification("beluga", 0.9, [Candidate("A", "beluga", 0.8, 0.9)], False, 0.1)
+    config = LocaliserConfig()
+    empty = rules.without_animal(answer, 0.01, config)
+    assert empty.rejected and empty.species == NON_CETACEAN and empty.species_probability == pytest.approx(0.99)
+    assert empty.rejection_reason.startswith("no whale or dolphin found") and not empty.new_individual
+    assert [c.individual_id for c in empty.top5] == ["A"], "the closest matches stay for 'show anyway'"
+    assert rules.without_animal(answer, config.min_objectness, config) is answer  # an animal found
+    assert rules.without_animal(answer, None, config) is answer  # no localiser ran
+    assert rules.without_animal(answer, 0.01, replace(config, reject_without_animal=False)) is answer

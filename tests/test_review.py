@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_app import _plain, _with_gps
 from test_catalog import FakeEmbedder, photo
 
 from whales_identify.catalog.enrol import enrol_photo
@@ -250,12 +251,6 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WHALE_ID_HOME", str(tmp_path / "catalogue_home"))
 
 
-def _plain(text: object) -> str:
-    import re
-
-    return re.sub(r"\\(.)", r"\1", str(text)).replace("\u2060", "")
-
-
 def _sample_zip(names: list[str] | None = None) -> bytes:
     frame = pd.read_csv(DATA / "samples.csv", dtype=str, keep_default_na=False)
     buffer = io.BytesIO()
@@ -448,28 +443,6 @@ def _chart_data(at: AppTest) -> list[pd.DataFrame]:
 
             frames.append(convert_arrow_bytes_to_pandas_df(dataset.data.data))
     return frames
-
-
-def _with_gps(data: bytes, north: float, east: float) -> bytes:
-    from PIL import ExifTags, Image
-
-    def dms(value: float) -> tuple[float, float, float]:
-        value = abs(value)
-        minutes = (value - int(value)) * 60
-        return (float(int(value)), float(int(minutes)), round((minutes - int(minutes)) * 60, 4))
-
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    exif = Image.Exif()
-    exif[ExifTags.Base.DateTime] = "2024:07:01 10:20:30"
-    exif[ExifTags.IFD.GPSInfo] = {
-        1: "N" if north >= 0 else "S",
-        2: dms(north),
-        3: "E" if east >= 0 else "W",
-        4: dms(east),
-    }
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90, exif=exif)
-    return buffer.getvalue()
 
 
 def test_filters_apply_to_the_charts_and_the_map_and_rejected_photos_are_counted_apart() -> None:

@@ -21,7 +21,6 @@ from whales_identify.config import (
     DEFAULT_CATALOGUE,
     DEFAULT_CHECKPOINT,
     DEFAULT_INFERENCE_CONFIG,
-    NON_CETACEAN,
     InferenceConfig,
     SpeedConfig,
     VerifyConfig,
@@ -216,31 +215,11 @@ class Identifier:
         config = config or self.config
         scores = self.scores(output, gallery)
         result = rules.decide(gallery, scores, self.species_names, config)
-        result = self._without_animal(output, result)
+        if self.localiser is not None:
+            result = rules.without_animal(result, output.objectness, self.localiser.config)
         if photo is not None:
             result = self.verify_shortlist(photo, result, scores, gallery, config)
         return replace(result, box=output.box, photo_size=output.photo_size)
-
-    def _without_animal(self, output: ModelOutput, result: Identification) -> Identification:
-        """Rejected when the localiser finds no animal at all (P(animal) below its ``min_objectness``):
-        an empty sea, sky or glacier that the species head took for a whale. Chosen on the validation
-        split's held-out negative sources, which it rejects whole without losing a cetacean there."""
-        config = self.localiser.config if self.localiser is not None else None
-        if config is None or not config.reject_without_animal or result.rejected or output.objectness is None:
-            return result
-        if output.objectness >= config.min_objectness:
-            return result
-        return replace(
-            result,
-            species=NON_CETACEAN,
-            species_probability=1.0 - output.objectness,
-            new_individual=False,
-            rejected=True,
-            rejection_reason=(
-                f"no whale or dolphin found in the photo (P(animal) = {output.objectness:.2f}); "
-                "if there is one, crop the photo around it and try again"
-            ),
-        )
 
     # --- verification ------------------------------------------------------------------
     def keypoints_for(self, names: list[str]) -> dict[str, bytes]:

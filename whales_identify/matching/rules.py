@@ -9,11 +9,11 @@ is exactly what users get. Tested on a hand-built gallery of three individuals.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from whales_identify.config import NON_CETACEAN, InferenceConfig, VerifyConfig
+from whales_identify.config import NON_CETACEAN, InferenceConfig, LocaliserConfig, VerifyConfig
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.results import Candidate, Identification
 
@@ -189,4 +189,26 @@ def nothing_to_identify(reason: str) -> Identification:
         new_individual_probability=0.0,
         rejected=True,
         rejection_reason=reason,
+    )
+
+
+def without_animal(result: Identification, objectness: float | None, config: LocaliserConfig) -> Identification:
+    """Rejected when the localiser finds no animal at all (P(animal) below its ``min_objectness``):
+    an empty sea, sky or glacier that the species head took for a whale. Chosen on the validation
+    split's held-out negative sources, which it rejects whole without losing a cetacean there.
+    ``objectness`` None (no localiser ran) or an answer already rejected: unchanged."""
+    if not config.reject_without_animal or result.rejected or objectness is None:
+        return result
+    if objectness >= config.min_objectness:
+        return result
+    return replace(
+        result,
+        species=NON_CETACEAN,
+        species_probability=1.0 - objectness,
+        new_individual=False,
+        rejected=True,
+        rejection_reason=(
+            f"no whale or dolphin found in the photo (P(animal) = {objectness:.2f}); "
+            "if there is one, crop the photo around it and try again"
+        ),
     )
