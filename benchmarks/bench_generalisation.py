@@ -42,11 +42,13 @@ from whales_identify.config import (
     NEW_INDIVIDUAL,
     NON_CETACEAN,
     REPO_DIR,
+    InferenceConfig,
 )
 from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.identifier import Identifier, ModelOutput
 from whales_identify.matching.results import Identification
+from whales_identify.training import calibration
 from whales_identify.training.data import load_dataset, negative_group
 from whales_identify.training.evaluate import embed_files, gallery_of_rows
 from whales_identify.training.metrics import average_precision_at_5
@@ -80,24 +82,23 @@ def answer(identifier: Identifier, output: Any, gallery: Gallery) -> Identificat
     return identifier.decide(output, gallery) if isinstance(output, ModelOutput) else None
 
 
-def reliability(probabilities: list[float], correct: list[bool]) -> dict[str, Any]:
-    """Accuracy per probability bin and the expected calibration error."""
+def reliability(probabilities: list[float], correct: list[bool], weights: list[float] | None = None) -> dict[str, Any]:
+    """Accuracy per probability bin and the expected calibration error; ``weights``: each answer's weight
+    (e.g. catalogued and unseen animals weighing the same), the bins' means and the error weighted by them."""
     p, c = np.asarray(probabilities), np.asarray(correct, dtype=float)
+    w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=float)
     edges = np.linspace(0, 1, BINS + 1)
     rows, ece = [], 0.0
     for low, high in itertools.pairwise(edges):
         inside = (p >= low) & ((p < high) | (high == 1.0))
         if inside.any():
+            mean_p = float(np.average(p[inside], weights=w[inside]))
+            accuracy = float(np.average(c[inside], weights=w[inside]))
             rows.append(
-                {
-                    "bin": f"{low:.1f}–{high:.1f}",
-                    "mean_p": float(p[inside].mean()),
-                    "accuracy": float(c[inside].mean()),
-                    "n": int(inside.sum()),
-                }
+                {"bin": f"{low:.1f}–{high:.1f}", "mean_p": mean_p, "accuracy": accuracy, "n": int(inside.sum())}
             )
-            ece += inside.mean() * abs(p[inside].mean() - c[inside].mean())
-    return {"bins": rows, "ece": float(ece), "n": len(p)}
+            ece += w[inside].sum() / w.sum() * abs(mean_p - accuracy)
+    return {"bins": rows, "ece": float(ece), "n": len(p), "weighted": weights is not None}
 
 
 def species_and_rejection(identifier: Identifier, frame: pd.DataFrame, outputs: list) -> dict[str, Any]:
@@ -147,7 +148,6 @@ def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: i
     protocol = open_set(frame, "test", seed)
     gallery = gallery_of_rows(frame, outputs, protocol.gallery, identifier.model_version)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    probabilities, correct = [], []
     for i, known in zip(protocol.queries, protocol.known, strict=True):
         species = frame.at[i, "species"]
         if species == NON_CETACEAN:
@@ -166,11 +166,6 @@ def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: i
                 g["known_answered_new"].append(float(single == NEW_INDIVIDUAL))
             else:
                 g["new_recall"].append(float(single == NEW_INDIVIDUAL))
-        if result is not None and not result.rejected:
-            best = result.best
-            p = result.new_individual_probability if result.new_individual or best is None else best.probability
-            probabilities.append(p)
-            correct.append(single == truth)
     summary = {
         name: {
             "n_known": len(g["known_top1"]),
@@ -186,8 +181,46 @@ def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: i
     return {
         "protocol": protocol_summary(frame, protocol),
         "groups": summary,
-        "reliability_answer": reliability(probabilities, correct),
+        **answer_reliability(identifier, frame, outputs, protocol, gallery),
         "tradeoff": tradeoff(identifier, frame, outputs, protocol, gallery),
+    }
+
+
+def answer_reliability(
+    identifier: Identifier, frame: pd.DataFrame, outputs: list, protocol: Any, gallery: Gallery
+) -> dict[str, Any]:
+    """How far the single answer's probability can be trusted (answers that were not rejections):
+
+    * as shipped, with catalogued and unseen animals weighing the same (the prior the probabilities assume,
+      ``catalogued_share`` 0.5): ``reliability_answer``;
+    * with ``catalogued_share`` set to the test queries' own share of catalogued animals, on the queries as
+      they come: ``reliability_answer_stated_share`` (what a user who states their share gets);
+    * both before calibration (the softmax alone), for comparison."""
+    rows = []
+    for i, known in zip(protocol.queries, protocol.known, strict=True):
+        if frame.at[i, "species"] != NON_CETACEAN and isinstance(outputs[i], ModelOutput):
+            rows.append((i, frame.at[i, "individual_id"] if known else NEW_INDIVIDUAL, bool(known)))
+    share = float(np.mean([k for _, _, k in rows]))
+    weights = calibration.balanced_weights([k for _, _, k in rows])
+
+    def measured(config: InferenceConfig, weighted: bool) -> dict[str, Any]:
+        p, c, w = [], [], []
+        for (i, truth, _), weight in zip(rows, weights, strict=True):
+            result = identifier.decide(outputs[i], gallery, config)
+            if not result.rejected:
+                p.append(result.answer_probability)
+                c.append(result.answer == truth)
+                w.append(weight)
+        return reliability(p, c, w if weighted else None)
+
+    shipped = identifier.config
+    stated = replace(shipped, catalogued_share=share)
+    raw = calibration.uncalibrated(shipped)
+    return {
+        "catalogued_share_of_queries": share,
+        "reliability_answer": measured(shipped, True),
+        "reliability_answer_stated_share": measured(stated, False),
+        "reliability_answer_uncalibrated": {"balanced": measured(raw, True), "as_they_come": measured(raw, False)},
     }
 
 
@@ -246,7 +279,12 @@ def charts(report: dict[str, Any], stem: str) -> list[str]:
     (matrix + text).save(str(path), scale_factor=1.5)
     written.append(str(path.relative_to(REPO_DIR)))
     panels = []
-    for key, title in (("reliability_species", "Species answer"), ("reliability_answer", "Single answer (id or new)")):
+    share = report["identity"]["catalogued_share_of_queries"]
+    for key, title in (
+        ("reliability_species", "Species answer"),
+        ("reliability_answer", "Single answer, half catalogued (as shipped)"),
+        ("reliability_answer_stated_share", f"Single answer, share {share:.2f} stated"),
+    ):
         source = report["species"] if key == "reliability_species" else report["identity"]
         bins = pd.DataFrame(source[key]["bins"])
         if bins.empty:

@@ -30,6 +30,21 @@ def test_identify_json(capsys, known_samples) -> None:
     assert len(output[row["path"]]["top5"]) == 5
 
 
+def test_identify_reads_its_probabilities_under_the_catalogued_share_given(capsys, known_samples) -> None:
+    """The same photo, the same answer; stating that most photos show catalogued animals makes a named
+    individual more probable, and a share outside (0, 1) is refused before anything loads."""
+    path = known_samples.iloc[0]["path"]
+    shown = {}
+    for share in ("0.1", "0.9"):
+        assert main(["identify", path, "--json", "--no-verify", "--catalogued-share", share]) == 0
+        shown[share] = json.loads(capsys.readouterr().out)[path]
+    assert shown["0.1"]["answer"] == shown["0.9"]["answer"] == known_samples.iloc[0]["individual_id"]
+    assert shown["0.9"]["top5"][0]["probability"] > shown["0.1"]["top5"][0]["probability"]
+    with pytest.raises(SystemExit):
+        main(["identify", path, "--catalogued-share", "1.2"])
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
 def test_identify_reports_a_bad_file_and_fails(tmp_path, capsys, known_samples) -> None:
     bad = tmp_path / "fake.jpg"
     bad.write_bytes(b"%PDF-1.4 not a photo")

@@ -134,6 +134,25 @@ class InferenceConfig:
     # ``bundle`` (which re-tunes the global scores only) keeps them in models/inference.yaml.
     verify_new_individual_threshold: float = 0.7
     verify_temperature: float = 15.0
+    # The single answer's probability, recalibrated (top-label Platt scaling, ``rules.calibrate_answer``):
+    # logit p' = slope * logit p + offset, one map for answers that name an individual and one for
+    # new_individual (they err differently: a named individual at "70 %" was right about a third of the
+    # time), fitted on validation with catalogued and unseen animals weighing the same. 1 and 0: the
+    # softmax as it is. ``bundle`` fits the first two maps (tune step 6); the fused (verified) scores' maps are
+    # fitted with the fusion by benchmarks/bench_verify_identify.py, and default to its values for the
+    # shipped fusion so that a re-bundle keeps them.
+    individual_calibration_slope: float = 1.0
+    individual_calibration_offset: float = 0.0
+    new_calibration_slope: float = 1.0
+    new_calibration_offset: float = 0.0
+    verify_individual_calibration_slope: float = 1.2283
+    verify_individual_calibration_offset: float = 0.8012
+    verify_new_calibration_slope: float = 0.4882
+    verify_new_calibration_offset: float = -0.1362
+    # The share of photos expected to show an animal already in the catalogue: the prior that the
+    # probabilities assume (0.5, as calibrated: half and half). Whether "new individual, 80 %" is right
+    # eight times in ten depends on it: a population re-sighted year after year calls for more (0.9).
+    catalogued_share: float = 0.5
     tuned_on: str = ""  # description of the data the values were tuned on
 
     @classmethod
@@ -164,6 +183,9 @@ class InferenceConfig:
         for f in fields(cls):
             if f.name in data:
                 values[f.name] = _checked_setting(path.name, f.name, data[f.name], getattr(cls, f.name))
+        share = values.get("catalogued_share", cls.catalogued_share)
+        if not 0.0 < share < 1.0:
+            raise ModelLoadError(f"{path.name}: catalogued_share should be a share between 0 and 1, not {share!r}")
         return cls(**values)
 
     def save(self, path: Path | str = DEFAULT_INFERENCE_CONFIG) -> None:

@@ -81,9 +81,7 @@ def row_for(name: str, outcome: Identification | WhaleIdError, metadata_source: 
         species=outcome.species,
         species_probability=round(outcome.species_probability, 4),
         individual_id=outcome.answer,
-        probability=round(
-            best.probability if best and not outcome.new_individual else outcome.new_individual_probability, 4
-        ),
+        probability=round(outcome.answer_probability, 4),
         new_individual=outcome.new_individual,
         rejected=outcome.rejected,
         verified=outcome.verified,

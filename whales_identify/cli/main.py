@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from whales_identify.cli.catalog import register as register_catalog
@@ -68,6 +68,8 @@ def _load_identifier(args: argparse.Namespace):
         user_catalog="off" if args.bundled_only else "if_exists",
         species=args.species,
     )
+    if args.catalogued_share is not None:  # the prior the probabilities are read under (rules.calibrate_answer)
+        services.identifier.config = replace(services.identifier.config, catalogued_share=args.catalogued_share)
     if services.stale_photos and services.catalog is not None:
         print(
             f"note: {services.stale_photos} photo(s) in {services.catalog.path} were embedded by another model "

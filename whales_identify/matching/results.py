@@ -106,6 +106,16 @@ class Identification:
             return "new_individual"
         return self.top5[0].individual_id
 
+    @property
+    def answer_probability(self) -> float:
+        """The probability of the single ``answer`` (of an individual, or of ``new_individual``); for a
+        rejected photo, the probability of no whale or dolphin."""
+        if self.rejected:
+            return self.species_probability
+        if self.new_individual or not self.top5:
+            return self.new_individual_probability
+        return self.top5[0].probability
+
     def ranked_answers(self) -> list[str]:
         """Five answers, best first (the Happywhale submission format, used for MAP@5): the single
         ``answer`` first (``new_individual`` for a rejected photo), then the other top-5 ids and

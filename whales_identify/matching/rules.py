@@ -8,6 +8,7 @@ is exactly what users get. Tested on a hand-built gallery of three individuals.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -98,6 +99,52 @@ def individual_log_probabilities(individual: np.ndarray, config: InferenceConfig
     return log_softmax(np.append(individual, new_individual_threshold(config, verified)) * temperature)
 
 
+def logit(p: float) -> float:
+    """log(p / (1 - p)), finite for any p in [0, 1] (p is clipped a hair away from 0 and 1)."""
+    q = min(max(float(p), 1e-9), 1.0 - 1e-9)
+    return math.log(q / (1.0 - q))
+
+
+def calibration_map(config: InferenceConfig, answered_new: bool, verified: bool = False) -> tuple[float, float]:
+    """The (slope, offset) that recalibrates a single answer of this kind (``calibrate_answer``)."""
+    if verified:
+        if answered_new:
+            return config.verify_new_calibration_slope, config.verify_new_calibration_offset
+        return config.verify_individual_calibration_slope, config.verify_individual_calibration_offset
+    if answered_new:
+        return config.new_calibration_slope, config.new_calibration_offset
+    return config.individual_calibration_slope, config.individual_calibration_offset
+
+
+def calibrated_probability(p: float, answered_new: bool, config: InferenceConfig, verified: bool = False) -> float:
+    """The single answer's probability as calibrated on validation (Platt scaling of its softmax probability,
+    one map per kind of answer), under the prior ``config.catalogued_share``: the odds that the photo shows
+    a catalogued animal move by share / (1 - share) against the half-and-half the maps were fitted on."""
+    slope, offset = calibration_map(config, answered_new, verified)
+    prior = logit(config.catalogued_share)
+    z = slope * logit(p) + offset + (-prior if answered_new else prior)
+    return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+def calibrate_answer(
+    probabilities: np.ndarray, answer: int, answered_new: bool, config: InferenceConfig, verified: bool = False
+) -> np.ndarray:
+    """``probabilities`` (individuals, then new_individual) with the answer's entry (``answer``) calibrated
+    and the others scaled to share the rest in the same proportions (top-label calibration: the order of
+    the others, hence the top 5 and MAP@5, is unchanged). The answer stays the most probable entry."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    others = np.delete(p, answer)
+    rest = float(others.sum())
+    if rest <= 0.0 or len(others) == 0:
+        return p.copy()
+    q = calibrated_probability(float(p[answer]), answered_new, config, verified)
+    runner_up = float(others.max())
+    q = max(q, runner_up / (rest + runner_up))  # so that no other entry, scaled, overtakes the answer
+    out = p * ((1.0 - q) / rest)
+    out[answer] = q
+    return out
+
+
 def species_distribution(
     gallery: Gallery, scores: QueryScores, species_names: Sequence[str], config: InferenceConfig
 ) -> np.ndarray:
@@ -156,6 +203,11 @@ def decide(
     probabilities = np.exp(individual_log_probabilities(individual, config, fused))
     order = top_k(individual, config.top_k)
     confirmed = verification is not None and len(order) > 0 and bool(verification.verified[order[0]])
+    best = float(individual[order[0]]) if len(order) else -1.0
+    answered_new = not rejected and best < new_individual_threshold(config, fused) and not confirmed
+    if not rejected and len(order):
+        answer = len(probabilities) - 1 if answered_new else int(order[0])
+        probabilities = calibrate_answer(probabilities, answer, answered_new, config, fused)
     top = [
         Candidate(
             str(gallery.individuals[i]),
@@ -165,12 +217,11 @@ def decide(
         )
         for i in order
     ]
-    best = float(individual[order[0]]) if len(order) else -1.0
     return Identification(
         species=NON_CETACEAN if rejected else species_names[species_index],
         species_probability=p_non if rejected else float(species_p[species_index]),
         top5=top,
-        new_individual=not rejected and best < new_individual_threshold(config, fused) and not confirmed,
+        new_individual=answered_new,
         new_individual_probability=float(probabilities[-1]),
         rejected=rejected,
         rejection_reason=f"this does not look like a whale or dolphin (P = {p_non:.2f})" if rejected else "",

@@ -19,6 +19,7 @@ from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig
 from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.results import Identification
+from whales_identify.training import calibration
 from whales_identify.training.metrics import average_precision_at_5, ground_truth
 
 PROTOTYPE_WEIGHTS = (0.0, 0.15, 0.3, 0.5)
@@ -130,7 +131,24 @@ def tune(
         "negatives_5_50": np.quantile(p_non[~is_cet], [0.05, 0.5]).round(4).tolist() if (~is_cet).any() else [],
         "cetaceans_50_99": np.quantile(p_non[is_cet], [0.5, 0.99]).round(4).tolist(),
     }
-    return replace(chosen, reject_threshold=best_r), log
+    chosen = replace(chosen, reject_threshold=best_r)
+
+    # 6. The single answer's probability: one Platt map per kind of answer (training/calibration.py), on
+    # the answers as decided with every setting above, catalogued and unseen animals weighing the same.
+    raw = calibration.uncalibrated(chosen)
+    outcomes = []
+    for q, t in whales:
+        result = rules.decide(gallery, q, species_names, raw)
+        if not result.rejected:
+            outcomes.append(
+                calibration.AnswerOutcome(
+                    result.answer_probability, result.new_individual, result.answer == t, t != NEW_INDIVIDUAL
+                )
+            )
+    chosen, log["answer_calibration"] = calibration.fit_answer_calibration(
+        replace(chosen, catalogued_share=base.catalogued_share), outcomes
+    )
+    return chosen, log
 
 
 def verified_of(gallery: Gallery, result: Identification, cfg: VerifyConfig) -> rules.Verified | None:
@@ -340,6 +358,10 @@ def tune_fusion(
             nll -= log_p[-1] if truth < 0 else log_p[truth]
         if nll < best_nll:
             best_t, best_nll = temperature, nll
+    chosen = replace(chosen, verify_temperature=best_t)
+    chosen, log["answer_calibration"] = calibration.fit_answer_calibration(
+        chosen, fused_answers(stored, fused, chosen, chosen_verify), verified=True
+    )
     m = fused_metrics(stored, chosen_verify, [threshold])
     log.update(
         {
@@ -352,7 +374,27 @@ def tune_fusion(
             "val_nll_per_verified_query": float(best_nll / len(fused)),
         }
     )
-    return replace(chosen, verify_temperature=best_t), chosen_verify, log
+    return chosen, chosen_verify, log
+
+
+def fused_answers(
+    stored: StoredMatches, fused: np.ndarray, config: InferenceConfig, cfg: VerifyConfig
+) -> list[calibration.AnswerOutcome]:
+    """The verified queries' single answers under the fused scores ``fused`` (Q, individuals), decided as
+    ``rules.decide`` decides them (a verified top answer overrides ``new_individual``), before calibration."""
+    raw = calibration.uncalibrated(config)
+    verified = np.zeros(fused.shape, bool)
+    np.put_along_axis(verified, stored.shortlist, stored.inliers >= cfg.verified_inliers, axis=1)
+    threshold = rules.new_individual_threshold(raw, verified=True)
+    outcomes = []
+    for scores, flags, truth in zip(fused, verified, stored.truth_index, strict=True):
+        top = int(rules.top_k(scores, 1)[0])
+        answered_new = bool(scores[top] < threshold and not flags[top])
+        log_p = rules.individual_log_probabilities(scores, raw, verified=True)
+        probability = float(np.exp(log_p[-1] if answered_new else log_p[top]))
+        correct = truth < 0 if answered_new else top == truth
+        outcomes.append(calibration.AnswerOutcome(probability, answered_new, bool(correct), bool(truth >= 0)))
+    return outcomes
 
 
 def tune_verified(
