@@ -65,6 +65,25 @@ def test_one_photo_and_a_batch_give_the_same_answer(identifier: Identifier) -> N
             assert np.abs(outcome.embedding - single.embedding).max() < 1e-4
 
 
+def test_the_onnx_engine_runs_a_batch_one_photo_at_a_time_on_fixed_shapes(identifier: Identifier) -> None:
+    """Sessions have every shape fixed (batch 1: the 'same'-padding arithmetic folds away at load); a
+    batch of several photos gives, row by row, what each photo gives alone."""
+    engine = identifier.engine
+    batch = np.random.default_rng(2).uniform(-1, 1, (3, 3, 224, 224)).astype(np.float32)
+    embeddings, logits = engine.run(batch, 1)
+    session = engine._pool(1).get_nowait()  # the one that ran (back in its pool)
+    try:
+        assert session.get_inputs()[0].shape == [1, 3, 224, 224]
+    finally:
+        engine._pool(1).put(session)
+    assert embeddings.shape == (3, 512) and logits.shape[0] == 3
+    for row in range(3):
+        alone_e, alone_s = engine.run(batch[row : row + 1], 1)
+        np.testing.assert_allclose(embeddings[row], alone_e[0], atol=1e-6)
+        np.testing.assert_allclose(logits[row], alone_s[0], atol=1e-5)
+    assert not np.allclose(embeddings[0], embeddings[1])  # three photos, three answers
+
+
 def test_a_stale_export_is_never_used(tmp_path: Path) -> None:
     checkpoint = tmp_path / "whale_id.pt"
     shutil.copyfile(DEFAULT_CHECKPOINT, checkpoint)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
@@ -178,8 +179,9 @@ def test_train_localiser_command_exports_a_model_the_serving_side_runs(tmp_path:
 
     localiser = Localiser(out, LocaliserConfig(min_objectness=0.0, min_side_share=0.0))
     assert localiser.size == 96
-    session = localiser._session()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # the file: any batch
     assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [i.shape for i in localiser._session().get_inputs()] == [[1, 3, 96, 96]]  # serving: one photo a run
     assert [o.name for o in session.get_outputs()] == ["box", "objectness"]
     batch = np.random.default_rng(1).uniform(-1, 1, (3, 3, 96, 96)).astype(np.float32)
     box, objectness = session.run(None, {"image": batch})

@@ -84,13 +84,9 @@ class OnnxEngine:
             return self._idle.setdefault(threads, queue.SimpleQueue())
 
     def _new_session(self, threads: int) -> Any:
-        options = self._ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Idle threads must not spin: the batch pipeline decodes photos on the other core meanwhile.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        return self._ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return self._ort.InferenceSession(
+            str(self.path), session_options(self._ort, threads), providers=["CPUExecutionProvider"]
+        )
 
     def run(self, batch: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         pool = self._pool(threads or self.speed.onnx_threads)
@@ -102,10 +98,35 @@ class OnnxEngine:
             except Exception as exc:  # e.g. out of memory: onnxruntime's own exception types
                 raise ModelLoadError(f"cannot start another ONNX Runtime session: {exc}") from exc
         try:
-            embeddings, logits = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch)})
+            # One photo per run: the session's batch dimension is fixed to 1 (``session_options``).
+            runs = [session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(row[None])}) for row in batch]
         finally:
             pool.put(session)
-        return embeddings, logits
+        if not runs:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+        return np.concatenate([e for e, _ in runs]), np.concatenate([s for _, s in runs])
+
+
+# The exports name their batch dimension so (model/torch_engine.py, training/localiser.py).
+BATCH_DIMENSION = "batch"
+
+
+def session_options(ort: Any, threads: int) -> Any:
+    """ONNX Runtime settings for our networks, one photo per run.
+
+    The batch dimension is fixed to 1: with every shape known, ONNX Runtime folds away the padding
+    arithmetic of the TensorFlow-style 'same' convolutions (Shape, Gather, Ceil, Pad around each
+    strided convolution) at load time. Measured on this 2-core CPU, one thread: the identification
+    network 10.4 -> 8.3 ms a photo, the localiser 7.3 -> 5.2 ms, the same outputs; a batch of 8 was
+    no faster per photo than 8 single runs (benchmarks/bench_batch.py, docs/SPEED.md)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle threads must not spin: the batch pipeline decodes photos on the other core meanwhile.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_free_dimension_override_by_name(BATCH_DIMENSION, 1)
+    options.log_severity_level = 3
+    return options
 
 
 def onnx_path_for(checkpoint: Path | str) -> Path:

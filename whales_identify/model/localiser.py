@@ -22,6 +22,7 @@ from PIL import Image
 
 from whales_identify.config import LocaliserConfig
 from whales_identify.errors import ModelLoadError
+from whales_identify.model.engines import session_options
 
 Box = tuple[float, float, float, float]
 INPUT_NAME = "image"
@@ -121,11 +122,7 @@ class Localiser:
         self._lock = threading.Lock()
 
     def _session(self) -> Any:
-        options = self._ort.SessionOptions()
-        options.intra_op_num_threads = self.config.threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
+        options = session_options(self._ort, self.config.threads)  # one photo per run, shapes fixed
         return self._ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def locate(self, image: Image.Image) -> Location:
