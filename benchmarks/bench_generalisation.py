@@ -195,6 +195,7 @@ def answer_reliability(
       ``catalogued_share`` 0.5): ``reliability_answer``;
     * with ``catalogued_share`` set to the test queries' own share of catalogued animals, on the queries as
       they come: ``reliability_answer_stated_share`` (what a user who states their share gets);
+    * the shipped 0.5 on the queries as they come (what a wrongly stated share costs);
     * both before calibration (the softmax alone), for comparison."""
     rows = []
     for i, known in zip(protocol.queries, protocol.known, strict=True):
@@ -220,6 +221,7 @@ def answer_reliability(
         "catalogued_share_of_queries": share,
         "reliability_answer": measured(shipped, True),
         "reliability_answer_stated_share": measured(stated, False),
+        "reliability_answer_shipped_share_as_they_come": measured(shipped, False),  # the share stated wrong
         "reliability_answer_uncalibrated": {"balanced": measured(raw, True), "as_they_come": measured(raw, False)},
     }
 

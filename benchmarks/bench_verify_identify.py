@@ -33,6 +33,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ import cv2
 import numpy as np
 import pandas as pd
 from _report import header, save  # beside this script
+from bench_generalisation import reliability  # beside this script
 
 from whales_identify.batch.local import identify_entries
 from whales_identify.config import (
@@ -61,6 +63,7 @@ from whales_identify.matching.results import Identification
 from whales_identify.matching.selection import select_per_individual
 from whales_identify.matching.verify import save_keypoints
 from whales_identify.model.threads import single_threaded_blas
+from whales_identify.training import calibration
 from whales_identify.training.data import load_dataset
 from whales_identify.training.evaluate import embed_files
 from whales_identify.training.keypoints import choose_keypoint_photos, describe_file
@@ -186,6 +189,36 @@ def refused(
         decided = rules.decide(protocol.gallery, scores, identifier.species_names, config, extra)
         evidence = tuple(dataclasses.replace(e, verified=e.inliers >= vc.verified_inliers) for e in r.evidence)
         out.append(dataclasses.replace(decided, evidence=evidence))
+    return out
+
+
+def answer_calibration(
+    protocol: Protocol, redecide: Callable[[InferenceConfig], list[Identification]], config: InferenceConfig
+) -> dict[str, Any]:
+    """Expected calibration error of the verified queries' single answer, re-decided (``redecide``, e.g.
+    ``refused`` of the stored matches) under ``config``: with catalogued and new animals weighing the same
+    (the shipped ``catalogued_share`` 0.5) and with the queries' own share stated, each before calibration
+    (the fused softmax alone) and after."""
+    known = [t != NEW_INDIVIDUAL for t in protocol.truths]
+    share = float(np.mean(known))
+    weights = calibration.balanced_weights(known)
+    out: dict[str, Any] = {"catalogued_share_of_queries": round(share, 3)}
+    for name, trial in (
+        ("before", calibration.uncalibrated(config)),
+        ("after", config),
+        ("after_share_stated", dataclasses.replace(config, catalogued_share=share)),
+    ):
+        p, c, w = [], [], []
+        for r, t, weight in zip(redecide(trial), protocol.truths, weights, strict=True):
+            if r.evidence and not r.rejected:
+                p.append(r.answer_probability)
+                c.append(r.answer == t)
+                w.append(weight)
+        out[name] = {
+            "answers": len(p),
+            "ece_half_catalogued": round(reliability(p, c, w)["ece"], 3),
+            "ece_as_they_come": round(reliability(p, c)["ece"], 3),
+        }
     return out
 
 
@@ -462,7 +495,13 @@ def main() -> None:
             test.gallery, test_scores, results, test.truths, base_config, tuned_verify.candidates
         )
         final = refused(identifier, test, outputs, results, tuned, tuned_verify)
-        report["test"] = {"config": spec, **metrics(final, test.truths)}
+        report["test"] = {
+            "config": spec,
+            **metrics(final, test.truths),
+            "answer_calibration": answer_calibration(
+                test, lambda c: refused(identifier, test, outputs, results, c, tuned_verify), tuned
+            ),
+        }
         check = fused_metrics(test_stored, tuned_verify, [tuned.verify_new_individual_threshold])
         assert abs(float(check["known_top1"][0]) - report["test"]["known_top1"]) < 2e-3, "re-fusion disagrees"
         report["test_reference"] = {
@@ -488,6 +527,9 @@ def main() -> None:
             report["test_reference"]["shipped_keypoint_file_" + shipped] = {
                 **fusion_settings(s_tuned, s_verify),
                 **metrics(refused(identifier, test, outputs, s_results, s_tuned, s_verify), test.truths),
+                "answer_calibration": answer_calibration(
+                    test, lambda c: refused(identifier, test, outputs, s_results, c, s_verify), s_tuned
+                ),
             }
             identifier.verify_config = tuned_verify
             identifier.keypoint_sources = [lambda names: {m: records[m] for m in names if m in chosen}]
