@@ -101,14 +101,15 @@ def fit_answer_calibration(
                 np.array([outcomes[i].correct for i in rows]),
                 weights[rows],
             )
-        chosen = replace(chosen, **{fields.format(kind, "slope"): slope, fields.format(kind, "offset"): offset})
+        fitted: dict[str, Any] = {fields.format(kind, "slope"): slope, fields.format(kind, "offset"): offset}
+        chosen = replace(chosen, **fitted)
         log[kind] = {"answers": len(rows), "slope": round(slope, 4), "offset": round(offset, 4)}
     return chosen, log
 
 
 def uncalibrated(config: InferenceConfig) -> InferenceConfig:
     """``config`` with every answer map at the identity and the prior at half and half: the raw softmax."""
-    identity = {
+    identity: dict[str, Any] = {
         f"{prefix}{kind}_calibration_{part}": value
         for prefix in ("", "verify_")
         for kind in ("individual", "new")
