@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import _cache  # beside this script
 import cv2
 import numpy as np
 import pandas as pd
@@ -68,17 +69,10 @@ def embeddings(identifier: Identifier, paths: Sequence[str], cache: Path) -> dic
 
 def descriptors(paths: Sequence[str], cfg: VerifyConfig, cache: Path) -> dict[str, Keypoints]:
     """Keypoints of every photo, cached as their stored bytes (what a catalogue would hold)."""
-    tag = f"{cfg.long_side}_{cfg.max_keypoints}_{cfg.descriptor_bits}"
-    key = hashlib.sha1((tag + "\n".join(paths)).encode()).hexdigest()[:12]
-    file = cache / f"keypoints_{tag}_{key}.npz"
-    if file.exists():
-        data = np.load(file)
-        raw, offsets = data["raw"].tobytes(), data["offsets"]
-        return {p: Keypoints.from_bytes(raw[offsets[i] : offsets[i + 1]]) for i, p in enumerate(paths)}
-    blobs = [describe(load_photo(p, cfg), cfg).to_bytes() for p in paths]
-    offsets = np.cumsum([0] + [len(b) for b in blobs])
-    np.savez(file, raw=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets)
-    return {p: Keypoints.from_bytes(b) for p, b in zip(paths, blobs, strict=True)}
+    records = _cache.cached_records(
+        paths, cfg, cache, "keypoints", lambda p: describe(load_photo(p, cfg), cfg).to_bytes()
+    )
+    return {p: Keypoints.from_bytes(records[p]) for p in paths}
 
 
 def photo_split(data_root: Path, seed: int) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _cache  # beside this script
 import altair as alt
 import cv2
 import numpy as np
@@ -99,17 +100,8 @@ def cached_outputs(identifier: Identifier, frame: pd.DataFrame, cache: Path) -> 
 
 
 def cached_records(paths: list[str], cfg: VerifyConfig, cache: Path) -> dict[str, bytes]:
-    tag = f"{cfg.long_side}_{cfg.max_keypoints}_{cfg.descriptor_bits}"
-    key = hashlib.sha1((tag + "\n".join(paths)).encode()).hexdigest()[:12]
-    file = cache / f"records_{tag}_{key}.npz"
-    if file.exists():
-        data = np.load(file)
-        raw, offsets = data["raw"].tobytes(), data["offsets"]
-        return {p: raw[offsets[i] : offsets[i + 1]] for i, p in enumerate(paths)}
-    blobs = [describe_file(p, cfg) for p in paths]
-    offsets = np.cumsum([0] + [len(b) for b in blobs])
-    np.savez(file, raw=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets)
-    return dict(zip(paths, blobs, strict=True))
+    """Every photo's keypoint record as the catalogue stores it (``describe_file``), cached."""
+    return _cache.cached_records(paths, cfg, cache, "records", lambda p: describe_file(p, cfg))
 
 
 @dataclasses.dataclass
