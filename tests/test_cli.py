@@ -247,3 +247,14 @@ def test_batch_of_a_fifo_is_a_clear_error_not_a_hang(tmp_path) -> None:
         pytest.fail("batch blocked on a named pipe")
     assert done.returncode == 2 and "a named pipe (FIFO), not a ZIP" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""  # no table started
+
+
+def test_build_commands_name_the_first_skipped_photos_and_count_the_rest(capsys) -> None:
+    from whales_identify.cli.options import SKIPPED_SHOWN, print_skipped
+
+    print_skipped([f"p{i}.jpg: unreadable" for i in range(SKIPPED_SHOWN + 2)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:SKIPPED_SHOWN] == [f"  skipped p{i}.jpg: unreadable" for i in range(SKIPPED_SHOWN)]
+    assert lines[SKIPPED_SHOWN:] == ["  ... and 2 more skipped"]
+    print_skipped(["one.jpg: empty"])
+    assert capsys.readouterr().out.splitlines() == ["  skipped one.jpg: empty"]

@@ -11,7 +11,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from whales_identify.cli.options import positive_int
+from whales_identify.cli.options import positive_int, print_skipped
 from whales_identify.config import DEFAULT_CATALOGUE, DEFAULT_DATA_ROOT, VerifyConfig
 
 
@@ -33,8 +33,7 @@ def _cmd_keypoints(args: argparse.Namespace) -> int:
             f"median {report.keypoints_median} keypoints, {report.bytes / 1e6:.2f} MB "
             f"(budget {config.bundled_max_bytes / 1e6:.1f} MB)"
         )
-        for line in report.skipped[:10]:
-            print(f"  skipped {line}")
+        print_skipped(report.skipped)
     return 0
 
 

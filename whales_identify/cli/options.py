@@ -46,3 +46,14 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         help="share of your photos that show animals already in the catalogue (e.g. 0.9 for a population "
         "re-sighted every year): the probabilities are calibrated for it (default: the settings file's, 0.5)",
     )
+
+
+SKIPPED_SHOWN = 10
+
+
+def print_skipped(skipped: list[str]) -> None:
+    """A build command's skipped photos after its summary: the first few with their reasons, then how many more."""
+    for line in skipped[:SKIPPED_SHOWN]:
+        print(f"  skipped {line}")
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more skipped")

@@ -11,7 +11,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from whales_identify.cli.options import positive_int
+from whales_identify.cli.options import positive_int, print_skipped
 from whales_identify.config import DEFAULT_CATALOGUE, DEFAULT_DATA_ROOT, ComparisonConfig
 
 
@@ -40,10 +40,7 @@ def _cmd_photos(args: argparse.Namespace) -> int:
                 f"  {species}: {counts['photos']} photos, {counts['individuals']} individuals, "
                 f"{counts['bytes'] / 1e6:.2f} MB"
             )
-        for line in report.skipped[:10]:
-            print(f"  skipped {line}")
-        if len(report.skipped) > 10:
-            print(f"  ... and {len(report.skipped) - 10} more skipped")
+        print_skipped(report.skipped)
     return 0
 
 
