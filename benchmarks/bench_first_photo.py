@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,40 +40,14 @@ from pathlib import Path
 
 from _report import header, save  # beside this script
 
+from app.headless import CHROMIUM, CHROMIUM_ARGS, SETTLED, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("WHALE_ID_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 600_000  # the issue saw 193 s: wait long enough to measure a slow start, not fail on it
-# The run has ended and what it drew has painted (the same condition as tests/e2e/test_browser.py).
-SETTLED = """() => {
-    const app = document.querySelector("[data-testid='stApp']");
-    const main = document.querySelector("[data-testid='stMain']");
-    if (!app || !main || app.getAttribute("data-test-script-state") !== "notRunning") return false;
-    const shown = (el) => el.getClientRects().length > 0;
-    const images = [...main.querySelectorAll("img")].filter(shown);
-    const charts = [...main.querySelectorAll("[data-testid='stVegaLiteChart']")].filter(shown);
-    return images.every((img) => img.complete && img.naturalWidth > 0)
-        && charts.every((chart) => chart.querySelector("canvas, svg") !== null);
-}"""
 PHOTOS = [
     ROOT / "tests" / "data" / "humpback_whale_32508e57-28c2-4ebf-872d-2264a0b8ce3f.jpg",
     ROOT / "tests" / "data" / "north_atlantic_right_whale_w_6141.jpg",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -157,7 +130,7 @@ def chromium() -> Iterator[object]:
     from playwright import sync_api
 
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             yield browser
         finally:

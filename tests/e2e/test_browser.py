@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,34 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from app.headless import CHROMIUM, CHROMIUM_ARGS, SETTLED, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("WHALE_ID_CHROMIUM", "/usr/bin/chromium"))
 PHOTO_DIR = Path(os.environ.get("WHALE_ID_TEST_PHOTOS", ROOT / "tests" / "data"))
 CHECKPOINT = Path(os.environ.get("WHALE_ID_CHECKPOINT", ROOT / "models" / "whale_id.pt"))
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 180_000  # a 2-core machine shared with training: be patient
-# Never a fixed sleep: every wait is for a condition. This one holds when the app's script run has
-# finished and what it drew has painted: every visible image loaded, every visible chart drawn
-# (Streamlit loads the chart and map components lazily, after the run itself has ended).
-SETTLED = """() => {
-    const app = document.querySelector("[data-testid='stApp']");
-    const main = document.querySelector("[data-testid='stMain']");
-    if (!app || !main || app.getAttribute("data-test-script-state") !== "notRunning") return false;
-    const shown = (el) => el.getClientRects().length > 0;
-    const images = [...main.querySelectorAll("img")].filter(shown);
-    const charts = [...main.querySelectorAll("[data-testid='stVegaLiteChart']")].filter(shown);
-    return images.every((img) => img.complete && img.naturalWidth > 0)
-        && charts.every((chart) => chart.querySelector("canvas, svg") !== null);
-}"""
+# Never a fixed sleep: every wait is for a condition (app.headless.SETTLED: the run ended, all painted).
 
 from playwright import sync_api  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
@@ -70,12 +48,6 @@ def _requirements() -> None:
 def _photos() -> list[Path]:
     suffixes = {".jpg", ".jpeg", ".png"}
     return sorted(p for p in PHOTO_DIR.glob("*") if p.suffix.lower() in suffixes) if PHOTO_DIR.is_dir() else []
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _with_gps(data: bytes) -> bytes:
@@ -101,7 +73,7 @@ def shots() -> Path:
 @contextlib.contextmanager
 def _app_server(record_memory: bool = False) -> Iterator[str]:
     """A fresh Streamlit server on a free port with an empty user catalogue; its log must hold no traceback."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHALE_ID_HOME": tempfile.mkdtemp(prefix="whale_id_catalogue_")}
     log = tempfile.NamedTemporaryFile(prefix="streamlit_", suffix=".log", delete=False)  # noqa: SIM115 - kept open for the server's life
     process = subprocess.Popen(
@@ -185,7 +157,7 @@ def _record_server_memory(pid: int) -> None:
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield instance
         instance.close()
 
