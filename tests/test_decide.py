@@ -15,9 +15,12 @@ from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, InferenceConfig
 from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.results import Evidence
+from whales_identify.training import calibration
 from whales_identify.training.metrics import average_precision_at_5
 from whales_identify.training.tune import (
+    StoredMatches,
     answers_of,
+    fused_answers,
     fused_metrics,
     fused_outcomes,
     store_matches,
@@ -172,20 +175,12 @@ def _random_split(seed: int) -> tuple[Gallery, list[rules.QueryScores], list[str
     return gallery, queries, truths, inliers
 
 
-@pytest.mark.parametrize(
-    "fusion",
-    [
-        VerifyConfig(weight=1.0, inlier_cap=6, min_inliers=0, verified_inliers=8),
-        VerifyConfig(weight=0.3, inlier_cap=12, min_inliers=5, verified_inliers=10),
-        VerifyConfig(weight=0.05, inlier_cap=4, min_inliers=4, verified_inliers=5),  # verified answers override new
-    ],
-)
-def test_refusing_stored_matches_gives_what_decide_gives(fusion: VerifyConfig) -> None:
-    """The vectorised re-fusion that the tuner searches with agrees, query by query, with ``rules.decide``
-    fed the same evidence (as ``Identifier`` decides a verified photo), for every threshold."""
+def _matched_split() -> tuple[Gallery, list[rules.QueryScores], list[str], list, StoredMatches, InferenceConfig]:
+    """``_random_split`` matched once, as ``Identifier`` decides a verified photo (a shortlist of 6, longer
+    than the top 5: only it is checked), stored as the tuner stores it; the first query unverified."""
     gallery, queries, truths, inliers = _random_split(3)
     config = replace(CONFIG, prototype_weight=0.0, new_individual_threshold=0.5)
-    measured = VerifyConfig(candidates=6)  # a shortlist longer than top 5: only it is checked
+    measured = VerifyConfig(candidates=6)
     results = []
     for q, counts in zip(queries, inliers, strict=True):
         shortlist = rules.top_k(rules.individual_scores(gallery, q, config), measured.candidates)
@@ -199,6 +194,51 @@ def test_refusing_stored_matches_gives_what_decide_gives(fusion: VerifyConfig) -
         results.append(replace(first, evidence=evidence))
     results[0] = replace(results[0], evidence=())  # verification did not run on this one: kept as answered
     stored = store_matches(gallery, queries, results, truths, config, measured.candidates)
+    return gallery, queries, truths, results, stored, config
+
+
+FUSIONS = [
+    VerifyConfig(weight=1.0, inlier_cap=6, min_inliers=0, verified_inliers=8),
+    VerifyConfig(weight=0.3, inlier_cap=12, min_inliers=5, verified_inliers=10),
+    VerifyConfig(weight=0.05, inlier_cap=4, min_inliers=4, verified_inliers=5),  # verified answers override new
+]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_fused_answers_for_calibration_are_what_decide_answers(fusion: VerifyConfig) -> None:
+    """The answers that the fused scores' calibration maps are fitted on (``tune.fused_answers``) are, query
+    by query, the answer ``rules.decide`` gives the same evidence before calibration, at the probability the
+    map is applied to: the softmax's, which ``decide`` shows unchanged unless a verified answer overriding
+    ``new_individual`` has to be lifted above it."""
+    gallery, queries, truths, results, stored, config = _matched_split()
+    bonus = np.zeros_like(stored.scores)
+    np.put_along_axis(bonus, stored.shortlist, rules.verification_bonus(stored.inliers, fusion), axis=1)
+    kinds, overrides = set(), 0
+    for threshold in (0.3, 0.6, 0.9, 1.2):
+        raw = calibration.uncalibrated(replace(config, verify_new_individual_threshold=threshold))
+        outcomes = fused_answers(stored, stored.scores + bonus, raw, fusion)
+        assert len(outcomes) == 59
+        for q, r, t, outcome in zip(queries[1:], results[1:], truths[1:], outcomes, strict=True):
+            decided = rules.decide(gallery, q, SPECIES, raw, verified_of(gallery, r, fusion))
+            assert outcome.answered_new == (decided.answer == NEW_INDIVIDUAL)
+            assert outcome.correct == (decided.answer == t)
+            assert outcome.catalogued == (t != NEW_INDIVIDUAL)
+            overridden = not decided.new_individual and decided.top5[0].score < threshold  # verified, kept on top
+            if overridden:  # the map's input is the softmax; decide then lifts the answer to stay on top
+                assert outcome.probability < decided.answer_probability
+                overrides += 1
+            else:
+                assert outcome.probability == pytest.approx(decided.answer_probability, rel=1e-5)
+        kinds |= {o.answered_new for o in outcomes}
+    assert kinds == {True, False}  # both kinds of answer were checked
+    assert overrides > 0 or fusion.verified_inliers > 5  # the fusion whose verified answers override new does
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_refusing_stored_matches_gives_what_decide_gives(fusion: VerifyConfig) -> None:
+    """The vectorised re-fusion that the tuner searches with agrees, query by query, with ``rules.decide``
+    fed the same evidence (as ``Identifier`` decides a verified photo), for every threshold."""
+    gallery, queries, truths, results, stored, config = _matched_split()
     assert len(stored.truth) == 59 and len(stored.unverified_known_ap) + len(stored.unverified_new_ap) == 1
     thresholds = [0.3, 0.6, 0.9, 1.2]
     metrics = fused_metrics(stored, fusion, thresholds)

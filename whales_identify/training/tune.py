@@ -381,7 +381,8 @@ def fused_answers(
     stored: StoredMatches, fused: np.ndarray, config: InferenceConfig, cfg: VerifyConfig
 ) -> list[calibration.AnswerOutcome]:
     """The verified queries' single answers under the fused scores ``fused`` (Q, individuals), decided as
-    ``rules.decide`` decides them (a verified top answer overrides ``new_individual``), before calibration."""
+    ``rules.decide`` decides them (a verified top answer overrides ``new_individual``), each at its softmax
+    probability: what ``rules.calibrate_answer`` maps (before it lifts an overriding answer to stay on top)."""
     raw = calibration.uncalibrated(config)
     verified = np.zeros(fused.shape, bool)
     np.put_along_axis(verified, stored.shortlist, stored.inliers >= cfg.verified_inliers, axis=1)
