@@ -26,8 +26,12 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 def test_identity_maps_at_half_and_half_leave_the_softmax_as_it_is() -> None:
     probabilities = np.array([0.6, 0.25, 0.1, 0.05])  # three individuals, then new_individual
-    out = rules.calibrate_answer(probabilities, 0, False, IDENTITY)
-    np.testing.assert_allclose(out, probabilities, atol=1e-12)
+    for verified in (False, True):  # the shipped defaults of the fused maps are not the identity
+        assert InferenceConfig().verify_new_calibration_slope != 1.0
+        for answered_new in (False, True):
+            assert rules.calibration_map(IDENTITY, answered_new, verified) == (1.0, 0.0)
+        out = rules.calibrate_answer(probabilities, 0, False, IDENTITY, verified)
+        np.testing.assert_allclose(out, probabilities, atol=1e-12)
 
 
 def test_the_answer_gets_its_calibrated_probability_and_the_rest_keep_their_order() -> None:

@@ -105,15 +105,16 @@ def logit(p: float) -> float:
     return math.log(q / (1.0 - q))
 
 
+def calibration_fields(answered_new: bool, verified: bool = False) -> tuple[str, str]:
+    """The ``InferenceConfig`` fields (slope, offset) of the map for one kind of answer."""
+    name = ("verify_" if verified else "") + ("new" if answered_new else "individual") + "_calibration_"
+    return name + "slope", name + "offset"
+
+
 def calibration_map(config: InferenceConfig, answered_new: bool, verified: bool = False) -> tuple[float, float]:
     """The (slope, offset) that recalibrates a single answer of this kind (``calibrate_answer``)."""
-    if verified:
-        if answered_new:
-            return config.verify_new_calibration_slope, config.verify_new_calibration_offset
-        return config.verify_individual_calibration_slope, config.verify_individual_calibration_offset
-    if answered_new:
-        return config.new_calibration_slope, config.new_calibration_offset
-    return config.individual_calibration_slope, config.individual_calibration_offset
+    slope, offset = calibration_fields(answered_new, verified)
+    return getattr(config, slope), getattr(config, offset)
 
 
 def calibrated_probability(p: float, answered_new: bool, config: InferenceConfig, verified: bool = False) -> float:

@@ -89,7 +89,6 @@ def fit_answer_calibration(
     """``config`` with the two maps (individual, new_individual; the fused scores' pair when ``verified``)
     fitted on ``outcomes``, and what was fitted on how many answers."""
     weights = balanced_weights([o.catalogued for o in outcomes])
-    fields = ("verify_" if verified else "") + "{}_calibration_{}"
     log: dict[str, Any] = {}
     chosen = config
     for kind, answered_new in (("individual", False), ("new", True)):
@@ -101,7 +100,8 @@ def fit_answer_calibration(
                 np.array([outcomes[i].correct for i in rows]),
                 weights[rows],
             )
-        fitted: dict[str, Any] = {fields.format(kind, "slope"): slope, fields.format(kind, "offset"): offset}
+        slope_field, offset_field = rules.calibration_fields(answered_new, verified)
+        fitted: dict[str, Any] = {slope_field: slope, offset_field: offset}
         chosen = replace(chosen, **fitted)
         log[kind] = {"answers": len(rows), "slope": round(slope, 4), "offset": round(offset, 4)}
     return chosen, log
@@ -109,10 +109,8 @@ def fit_answer_calibration(
 
 def uncalibrated(config: InferenceConfig) -> InferenceConfig:
     """``config`` with every answer map at the identity and the prior at half and half: the raw softmax."""
-    identity: dict[str, Any] = {
-        f"{prefix}{kind}_calibration_{part}": value
-        for prefix in ("", "verify_")
-        for kind in ("individual", "new")
-        for part, value in (("slope", 1.0), ("offset", 0.0))
-    }
+    identity: dict[str, Any] = {}
+    for answered_new in (False, True):
+        for verified in (False, True):
+            identity.update(zip(rules.calibration_fields(answered_new, verified), (1.0, 0.0), strict=True))
     return replace(config, catalogued_share=0.5, **identity)
