@@ -6,8 +6,8 @@ import altair as alt
 import pandas as pd
 
 from app.view_model import short_id, top5_frame
+from app.world import box_corners, land, view_box
 from whales_identify.matching.results import Identification
-from whales_identify.world import box_corners, land, view_box
 
 OCEAN = "#0b6e99"
 OCEAN_LIGHT = "#9cc9dd"

@@ -9,11 +9,9 @@ add the photo to the catalogue through ``panels.save_photo`` (the Identify page'
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 
 import streamlit as st
-from PIL import Image
 
 from app import comparison_model as cm
 from app import panels
@@ -23,12 +21,14 @@ from whales_identify.catalog.photos import ComparisonPhoto, ComparisonPhotos
 from whales_identify.catalog.store import REVIEW_DECISIONS, REVIEW_LABELS, CatalogError, Review
 from whales_identify.config import ComparisonConfig
 from whales_identify.errors import WhaleIdError
+from whales_identify.inputs.imaging import encode_jpeg
 from whales_identify.matching.results import Candidate, Evidence, Identification
 from whales_identify.services import Services
 
 log = logging.getLogger("whales_identify.app")
 
 STRIP_HEIGHT = 96  # px: the strip's thumbnails
+STRIP_QUALITY = 85  # their JPEG quality
 STRIP_MAX = 8  # photos in the strip
 DECISION_ICONS = {"same": ":material/check_circle:", "different": ":material/cancel:", "cannot_tell": ":material/help:"}
 
@@ -47,11 +47,7 @@ def photo_store(shared: Services) -> ComparisonPhotos:
 @st.cache_data(show_spinner=False, max_entries=256)
 def _thumbnail(asset: str, catalog_path: str, reference: str, _store: ComparisonPhotos) -> bytes:
     """A strip thumbnail (JPEG), made once per photo."""
-    image = _store.image(reference)
-    image.thumbnail((STRIP_HEIGHT * 3, STRIP_HEIGHT), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
+    return encode_jpeg(_store.image(reference), (STRIP_HEIGHT * 3, STRIP_HEIGHT), quality=STRIP_QUALITY)
 
 
 def _sha256(photo: PhotoResult) -> str:

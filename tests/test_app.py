@@ -846,7 +846,7 @@ def test_batch_map_draws_coastlines_framed_to_far_apart_points_with_labels() -> 
 
 
 def test_view_box_frames_one_point_as_a_region_and_stays_on_the_globe() -> None:
-    from whales_identify.world import land, view_box
+    from app.world import land, view_box
 
     west, south, east, north = view_box([20.8], [-156.3])
     assert west < -156.3 < east and south < 20.8 < north and east - west >= 12 and north - south >= 12

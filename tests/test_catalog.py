@@ -279,6 +279,21 @@ def test_enrol_zip_folders_and_csv(catalog: Catalog, tmp_path: Path) -> None:
     assert [(r.file, r.status) for r in enrol_zip(catalog, fake, folder).rows] == [("pics/z.jpg", "added")]
 
 
+def test_enrol_skips_the_same_sidecar_csvs_in_a_folder_as_in_a_zip(catalog: Catalog, tmp_path: Path) -> None:
+    """A folder unpacked from a Mac's ZIP keeps ``__MACOSX/labels.csv``: not a second CSV listing."""
+    fake = FakeEmbedder()
+    csv_text = "image,individual_id,species\nz.jpg,N7,beluga\n"
+    files = {"labels.csv": csv_text.encode(), "z.jpg": photo(104), "__MACOSX/labels.csv": b"\x00\x05junk"}
+    zipped = enrol_zip(catalog, fake, make_zip(tmp_path / "mac.zip", files)).rows
+    folder = tmp_path / "unpacked"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    (folder / "z.jpg").write_bytes(photo(105))  # another photo, not a duplicate of the zipped one
+    unpacked = enrol_zip(catalog, fake, folder).rows
+    assert [(r.file, r.status) for r in zipped] == [(r.file, r.status) for r in unpacked] == [("z.jpg", "added")]
+
+
 def test_enrol_zip_bad_file_rolls_back(catalog: Catalog, tmp_path: Path) -> None:
     fake = FakeEmbedder()
     enrol_photo(catalog, fake, photo(1), "W1", "humpback_whale", new=True)

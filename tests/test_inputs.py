@@ -15,7 +15,7 @@ from PIL import Image
 from whales_identify.config import ArchiveLimits, ImageLimits
 from whales_identify.errors import InvalidArchiveError, InvalidImageError
 from whales_identify.inputs.archive import iter_photos, iter_zip
-from whales_identify.inputs.imaging import decode_image
+from whales_identify.inputs.imaging import decode_image, encode_jpeg
 
 DATA = Path(__file__).parent / "data"
 
@@ -482,3 +482,15 @@ def test_a_name_repeated_in_a_zip_gives_each_member_its_own_row() -> None:
     named = [(e.name, e.member) for e in entries]
     assert named == [("trip/a.jpg", 0), ("trip/b.jpg", 1), ("trip/a [member 2].jpg", 2)]
     assert entries[0].data == first and entries[2].data == second
+
+
+def test_encode_jpeg_fits_a_long_side_or_a_box_and_leaves_the_image_alone() -> None:
+    wide = Image.new("RGB", (900, 150), (10, 120, 200))
+    with Image.open(io.BytesIO(encode_jpeg(wide, 300, quality=85))) as square_fit:
+        assert square_fit.size == (300, 50)
+    with Image.open(io.BytesIO(encode_jpeg(wide, (288, 96), quality=85))) as strip:
+        assert strip.size == (288, 48)
+    tall = Image.new("RGB", (100, 400))
+    with Image.open(io.BytesIO(encode_jpeg(tall, (288, 96), quality=85))) as strip:
+        assert strip.size == (24, 96)
+    assert wide.size == (900, 150)

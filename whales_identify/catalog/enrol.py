@@ -29,7 +29,7 @@ from whales_identify.catalog.store import (
     crop_keypoints,
 )
 from whales_identify.errors import LabelsError, WhaleIdError
-from whales_identify.inputs.archive import is_image_name, iter_photos, open_zip
+from whales_identify.inputs.archive import is_ignored, is_image_name, iter_photos, open_zip
 from whales_identify.inputs.exif import read_metadata
 from whales_identify.inputs.imaging import encode_jpeg
 from whales_identify.inputs.text import decode_text, read_csv
@@ -200,7 +200,7 @@ def _read_csv_listing(source: str | Path | BinaryIO, max_bytes: int) -> tuple[st
     """The archive's one CSV (name, rows, a note on its encoding), or None when photos are in one folder
     per individual. Never more than ``max_bytes`` is read, whatever the ZIP's directory claims."""
     if isinstance(source, str | Path) and Path(source).is_dir():
-        found = [p for p in Path(source).rglob("*.csv") if not any(s.startswith(".") for s in p.parts)]
+        found = [p for p in Path(source).rglob("*.csv") if not is_ignored(p.relative_to(source).as_posix())]
         if not found:
             return None
         if len(found) > 1:
@@ -216,9 +216,7 @@ def _read_csv_listing(source: str | Path | BinaryIO, max_bytes: int) -> tuple[st
             members = [
                 i
                 for i in archive.infolist()
-                if i.filename.lower().endswith(".csv")
-                and not i.is_dir()
-                and not any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(i.filename).parts)
+                if i.filename.lower().endswith(".csv") and not i.is_dir() and not is_ignored(i.filename)
             ]
             if not members:
                 return None

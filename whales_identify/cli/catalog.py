@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--db",
         type=Path,
         default=None,
-        help="catalogue database (default: $WHALES_ID_HOME or ~/.local/share/whales_identify/catalog.sqlite3)",
+        help="catalogue database (default: $WHALE_ID_HOME/catalog.sqlite3, else ~/.local/share/whales_identify/...)",
     )
     common.add_argument("--actor", default=None, help="name recorded in the audit log (default: your login)")
 

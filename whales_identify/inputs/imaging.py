@@ -392,11 +392,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def encode_jpeg(image: Image.Image, long_side: int, quality: int, optimize: bool = False) -> bytes:
-    """A JPEG of ``image`` with its long side at most ``long_side`` pixels (thumbnails, stored crops, previews)."""
+def encode_jpeg(image: Image.Image, long_side: int | tuple[int, int], quality: int, optimize: bool = False) -> bytes:
+    """A JPEG of ``image`` with its long side at most ``long_side`` pixels (thumbnails, stored crops, previews),
+    or fitted inside a (width, height) box when ``long_side`` is a pair (the comparison strip)."""
+    box = long_side if isinstance(long_side, tuple) else (long_side, long_side)
     copy = image.convert("RGB")  # always a copy: the caller's image is left as it is
-    if max(copy.size) > long_side:
-        copy.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
+    if copy.width > box[0] or copy.height > box[1]:
+        copy.thumbnail(box, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     copy.save(buffer, format="JPEG", quality=quality, optimize=optimize)
     return buffer.getvalue()

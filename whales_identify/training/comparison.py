@@ -29,7 +29,7 @@ from PIL import Image
 
 from whales_identify.config import DEFAULT_CATALOGUE, ComparisonConfig
 from whales_identify.errors import InvalidImageError, WhaleIdError
-from whales_identify.inputs.imaging import decode_image
+from whales_identify.inputs.imaging import decode_image, encode_jpeg
 from whales_identify.matching.selection import representative_order, select_per_individual
 
 INDEX_NAME = "index.json"
@@ -112,11 +112,10 @@ def encode_photo(data: bytes, config: ComparisonConfig) -> tuple[bytes, tuple[in
     except (OSError, ValueError) as exc:
         raise InvalidImageError(f"not a readable image ({type(exc).__name__})") from exc
     image = decode_image(data, long_side=config.long_side)
-    if max(image.size) > config.long_side:
-        image.thumbnail((config.long_side, config.long_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=config.quality, optimize=True)
-    return buffer.getvalue(), image.size, source
+    encoded = encode_jpeg(image, config.long_side, config.quality, optimize=True)
+    with Image.open(io.BytesIO(encoded)) as written:
+        size = written.size
+    return encoded, size, source
 
 
 def build_comparison_photos(
