@@ -318,7 +318,7 @@ def _correction(batch: BatchState, row: BatchRow, index: int, queue: list[str]) 
             who = st.radio(
                 "This photo shows",
                 _who_options(row),
-                format_func=lambda o: WHO_LABELS.get(o) or f"{o} ({vm.percent(probability.get(o))})",
+                format_func=lambda o: WHO_LABELS.get(o) or f"{vm.md_escape(o)} ({vm.percent(probability.get(o))})",
                 key=f"review_who_{index}",
             )
         if who == "typed":

@@ -551,6 +551,7 @@ def _markdown_sources(at: AppTest) -> list[str]:
         sources += [e.value for e in getattr(at, kind)]
     sources += [t.label for t in at.tabs] + [m.label for m in at.metric]
     sources += [img.caption for i in at.get("image") for img in i.proto.imgs]
+    sources += [option for radio in at.radio for option in radio.options]  # radio labels are Markdown too
     return [str(s) for s in sources]
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_app import _plain, _with_gps
 from test_catalog import FakeEmbedder, photo
 
 from whales_identify.catalog.enrol import enrol_photo
 from whales_identify.catalog.review import ReviewDecision, ReviewSaveError, SaveReport, save_reviewed
-from whales_identify.catalog.store import Catalog
+from whales_identify.catalog.store import Catalog, default_path
 from whales_identify.config import NEW_INDIVIDUAL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,8 +280,6 @@ def _review(at: AppTest) -> AppTest:
 
 
 def _user_catalog() -> Catalog:
-    from whales_identify.catalog.store import default_path
-
     return Catalog(default_path(), model_version="")
 
 
@@ -536,3 +535,36 @@ def test_same_on_a_new_individual_names_it_and_skip_takes_a_verdict_back() -> No
         at.button(key="review_next").click().run()
     at.button(key="review_skip").click().run()
     assert row.file not in batch.decisions, "Skip takes the verdict back"
+
+
+def test_the_corrections_offered_show_catalogue_ids_as_text(identifier, samples) -> None:
+    """Radio labels are Markdown: an id from a colleague's older catalogue (made before ids were checked)
+    must be offered literally, never drawn as a link or an image the browser would fetch."""
+    hostile, emphasis = "![x](http://example.invalid/a.png)", "_A_"
+    first = next(name for name in samples["image"] if name.endswith(".jpg"))
+    data = (DATA / first).read_bytes()
+    with Catalog(default_path(), identifier.gallery, model_version=identifier.model_version) as catalog:
+        enrol_photo(catalog, identifier, data, "TMP-1", "humpback_whale", new=True)
+        enrol_photo(catalog, identifier, _reencoded(data, 60), emphasis, "humpback_whale", new=True)
+        enrol_photo(catalog, identifier, _reencoded(data, 40), "TMP-3", "humpback_whale", new=True)
+    with sqlite3.connect(default_path()) as connection:  # as an unchecked older file would hold it
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("UPDATE individuals SET id = ? WHERE id = 'TMP-3'", (hostile,))
+    at = _review(_batch(_sample_zip([first])))
+    batch = at.session_state["batch"]
+    row = batch.rows[0]
+    offered = {c.individual_id for c in row.result.top5} - {row.individual_id}
+    assert offered & {hostile, emphasis}, "the enrolled copies are among the candidates"
+    at.button(key="review_different").click().run()
+    labels = at.radio(key="review_who_0").options
+    for raw in offered & {hostile, emphasis}:
+        assert not any(label.startswith(raw) for label in labels), f"{raw!r} reaches Markdown in {labels}"
+        assert any(_plain(label).startswith(raw) for label in labels), f"{raw!r} is not offered literally"
+
+
+def _reencoded(data: bytes, quality: int) -> bytes:
+    """The same photo as another file (a duplicate would be refused)."""
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(data)) as image:
+        image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
