@@ -337,6 +337,114 @@ def test_too_many_members_and_duplicate_names_are_refused(source: Catalog, targe
     refused(target, tmp_path / "dup.zip", "twice")
 
 
+# --- embeddings files that claim more than the rows use ---------------------------------------------------------
+def _declaring(export: Path, out: Path, name: str, rows: int, version: str | None = None) -> Path:
+    """The export with ``name`` a real .npy whose header declares ``rows`` × DIM float32 (the real embeddings
+    first, when it is the export's own file), listed with its checksum (and under model ``version`` when it is
+    a new file). The filler is mostly zeros with a few random kB per MiB: it deflates about 150:1, under the
+    200:1 cap, so only the declared shape can give it away."""
+    with zipfile.ZipFile(export) as src:
+        members = {i.filename: src.read(i) for i in src.infolist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    head = load_npy(members[name]).tobytes() if name in members else b""
+    if version is not None:
+        manifest["model_versions"][name] = version
+    noise = np.random.default_rng(1).bytes(6000)
+    chunk = noise + bytes(1024 * 1024 - len(noise))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (rows, DIM)})
+    digest = hashlib.sha256(header.getvalue() + head)
+    left = rows * DIM * 4 - len(head)
+    sizes = [len(chunk)] * (left // len(chunk)) + ([left % len(chunk)] if left % len(chunk) else [])
+    for size in sizes:
+        digest.update(memoryview(chunk)[:size])
+    manifest["checksums"][name] = digest.hexdigest()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        dst.writestr("manifest.json", json.dumps(manifest))
+        for member, data in members.items():
+            if member != name:
+                dst.writestr(member, data)
+        with dst.open(name, "w", force_zip64=True) as handle:
+            handle.write(header.getvalue() + head)
+            for size in sizes:
+                handle.write(memoryview(chunk)[:size])
+    return out
+
+
+def test_an_embeddings_file_declaring_more_rows_than_images_use_is_refused_before_its_data_is_read(
+    source: Catalog, target: Catalog, tmp_path: Path
+) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    rows = 64 * 1024 * 1024 // (DIM * 4)  # 64 MiB of data for the 6 rows images.csv uses
+    bad = _declaring(tmp_path / "e.zip", tmp_path / "bad.zip", "embeddings/0.npy", rows)
+    assert bad.stat().st_size < 1_000_000
+
+    def attempt() -> None:
+        refused(target, bad, rf"embeddings/0\.npy declares {rows:,} embeddings but images\.csv uses it for 6")
+
+    assert _peak_mb(attempt) < 20  # the header was enough: the 64 MiB were never held
+
+
+def test_an_embeddings_file_no_image_uses_is_refused(source: Catalog, target: Catalog, tmp_path: Path) -> None:
+    export_catalog(source, tmp_path / "e.zip")
+    with zipfile.ZipFile(tmp_path / "e.zip") as src:
+        versions = json.loads(src.read("manifest.json"))["model_versions"]
+
+    def change(members: dict[str, bytes]) -> None:  # a valid matrix, of a model version no row has
+        members["embeddings/1.npy"] = members["embeddings/0.npy"]
+        patch = {"model_versions": {**versions, "embeddings/1.npy": "other-1"}}
+        members["manifest_patch"] = json.dumps(patch).encode()
+
+    bad = tamper(tmp_path / "e.zip", tmp_path / "bad.zip", change)
+    refused(target, bad, r"embeddings/1\.npy belongs to no row of images\.csv")
+
+
+_IMPORT_RSS_CHILD = textwrap.dedent(
+    """
+    import sys
+    from whales_identify.catalog.exchange import CatalogImportError, import_catalog
+    from whales_identify.catalog.store import Catalog
+
+    def peak_mb():  # VmHWM: a child started by pytest inherits its parent's ru_maxrss, not this
+        return next(int(s.split()[1]) for s in open("/proc/self/status") if s.startswith("VmHWM:")) // 1024
+
+    with Catalog(sys.argv[1], model_version="fake-1") as cat:
+        before = peak_mb()
+        try:
+            import_catalog(cat, sys.argv[2])
+            outcome = "imported"
+        except CatalogImportError as exc:
+            outcome = "refused: %s" % exc
+        print(peak_mb() - before, outcome)
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_a_5_mb_export_declaring_a_600_mb_matrix_is_refused_in_bounded_memory(
+    source: Catalog, target: Catalog, tmp_path: Path
+) -> None:
+    """Peak RSS growth of the import, in a fresh process: the matrix passes every directory check (under
+    1 GiB, about 150:1), so only reading its .npy header first keeps it out of memory."""
+    export_catalog(source, tmp_path / "e.zip")
+    rows = 600 * 1024 * 1024 // (DIM * 4)
+    bad = _declaring(tmp_path / "e.zip", tmp_path / "bad.zip", "embeddings/0.npy", rows)
+    assert bad.stat().st_size < 6_000_000
+    target.close()  # (closing merges its WAL into the file)
+    before = files_of(target.path)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_RSS_CHILD, str(target.path), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    growth_mb, outcome = done.stdout.split(maxsplit=1)
+    assert outcome.startswith("refused:") and "embeddings/0.npy declares" in outcome, outcome
+    assert int(growth_mb) < 100, f"peak RSS grew {growth_mb} MB ({outcome.strip()})"
+    assert files_of(target.path) == before
+
+
 # --- 3. databases that are not ours ---------------------------------------------------------------------------------
 def _catalogue(tmp_path: Path) -> Path:
     path = tmp_path / "mine.sqlite3"
@@ -374,6 +482,23 @@ def test_a_database_that_is_not_ours_is_refused_on_open(tmp_path: Path, sql: str
     if "spy" in sql:  # and the trigger never ran
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT count(*) FROM spy").fetchone()[0] == 0
+
+
+def test_another_programs_database_is_refused_without_switching_it_to_wal(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE foo(x)")
+    conn.execute("INSERT INTO foo VALUES (1)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(CatalogError, match="another program's SQLite database"):
+        Catalog(path, model_version="fake-1")
+    assert path.read_bytes() == before  # the header's WAL bytes included
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite3"]  # no -wal, -shm or -journal
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("SELECT x FROM foo").fetchall() == [(1,)]
 
 
 def test_our_own_catalogue_opens_and_is_checked(tmp_path: Path) -> None:

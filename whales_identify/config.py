@@ -311,6 +311,7 @@ class ExchangeLimits:
     max_manifest_bytes: int = 64 * 1024 * 1024  # one checksum per member
     max_table_bytes: int = 64 * 1024 * 1024  # individuals.csv, images.csv, audit_log.csv, each
     max_embeddings_bytes: int = 1024**3  # each embeddings/<n>.npy (300,000 × 512 float32 is 600 MB)
+    max_embedding_dim: int = 4096  # a model version this catalogue has no rows of (this project's is 512)
     max_image_bytes: int = 8 * 1024 * 1024  # each thumbnail or crop (a stored crop is about 100-200 kB)
     max_image_side: int = 4096  # px; stored crops are 768 px, thumbnails 128 (re-embedding decodes crops whole)
     max_compression_ratio: float = 200.0  # each member over 1 MiB, and the whole export

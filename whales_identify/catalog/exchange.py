@@ -15,11 +15,13 @@ first problem, naming the file and line:
   ``ExchangeLimits`` (and ``CatalogConfig.max_import_bytes`` in total), before any member is read;
 * each member is streamed, never past the size the directory declares, and its SHA-256 checked;
 * every row: ids and species (``inputs/text.py``), image ids, hashes, model versions,
-  coordinates, text lengths; every embedding finite, unit length and of the catalogue's
-  dimension; every thumbnail and crop decoded by the same decoder as uploads.
+  coordinates, text lengths; every embeddings file used by some row, its .npy header (read before its
+  data) declaring exactly the rows images.csv uses it for, in float32 of the catalogue's dimension;
+  every embedding finite and unit length; every thumbnail and crop decoded by the same decoder as uploads.
 
 Then one transaction writes the rows (photos are read again, and checked again, one at a time),
-so memory holds the tables and embeddings but never all the photos.
+so memory holds the tables and the embeddings the rows use (never more than their rows × dimension,
+whatever an embeddings file declares) but never all the photos.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -456,21 +458,128 @@ def _check_images(
     return images
 
 
-def _matrix(data: bytearray, name: str) -> np.ndarray:
-    """A 2-D float32 matrix from .npy bytes, its header checked before anything is allocated (no pickles)."""
+_NPY_HEADER_BYTES = 64 * 1024  # the most of an embeddings file read before its header is checked
+
+
+class _Stream:
+    """A member read front to back, hashed as it goes, never past ``limit`` (at most its declared size)."""
+
+    def __init__(self, handle: IO[bytes], info: zipfile.ZipInfo) -> None:
+        self.handle, self.name, self.size = handle, info.filename, info.file_size
+        self.limit = self.size
+        self.done = 0
+        self.digest = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.limit - self.done
+        chunk = self.handle.read(left if n < 0 else min(n, left)) if left > 0 else b""
+        self.done += len(chunk)
+        self.digest.update(chunk)
+        return chunk
+
+    def read_into(self, target: memoryview) -> None:
+        at = 0
+        while at < len(target):
+            chunk = self.read(min(_CHUNK, len(target) - at))
+            if not chunk:
+                raise _refused(f"{self.name} is shorter than the export's directory says: damaged")
+            target[at : at + len(chunk)] = chunk
+            at += len(chunk)
+
+
+def _matrix(
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    checksum: str,
+    rows: int,
+    version: str,
+    dim: int | None,
+    limits: ExchangeLimits,
+) -> np.ndarray:
+    """An embeddings file of model ``version`` as a ``rows`` × ``dim`` float32 matrix (``dim`` None: a version
+    this catalogue has no rows of, any dimension up to the limit). No pickles.
+
+    Its .npy header is read from the stream and checked (shape against the rows images.csv needs, dtype,
+    and the member's declared size against that shape) before any of its data is read: memory follows
+    the catalogue's real rows, never what the file claims."""
+    name = info.filename
     try:
-        head = io.BytesIO(bytes(data[:20_000]))
-        major, _ = np.lib.format.read_magic(head)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(head)
-        offset = head.tell()
-    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
-        raise _refused(f"{name} is not a .npy matrix ({exc})") from exc
-    if dtype != np.dtype("<f4") or fortran or len(shape) != 2:
-        raise _refused(f"{name} is not a 2-D float32 matrix (it holds {dtype}, shape {shape})")
-    if shape[0] * shape[1] * 4 != len(data) - offset:
-        raise _refused(f"{name}: its header says {shape} but it holds {len(data) - offset:,} bytes of data")
-    return np.frombuffer(data, dtype="<f4", count=shape[0] * shape[1], offset=offset).reshape(shape)
+        with archive.open(info) as handle:
+            stream = _Stream(handle, info)
+            stream.limit = min(info.file_size, _NPY_HEADER_BYTES)
+            try:
+                major, _ = np.lib.format.read_magic(stream)
+                if major not in (1, 2):
+                    raise ValueError(f"version {major} is not a .npy version this program reads")
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(stream)
+            except (ValueError, TypeError, SyntaxError, EOFError) as exc:
+                raise _refused(f"{name} is not a .npy matrix ({exc})") from exc
+            if dtype != np.dtype("<f4") or fortran or len(shape) != 2:
+                raise _refused(f"{name} is not a 2-D float32 matrix (it holds {dtype}, shape {shape})")
+            if shape[0] != rows:
+                raise _refused(
+                    f"{name} declares {shape[0]:,} embeddings but images.csv uses it for {rows:,}: "
+                    "an export holds exactly the rows its images use"
+                )
+            if dim is not None and shape[1] != dim:
+                raise _refused(
+                    f"{name} (model {version}) holds {shape[1]}-d embeddings but this catalogue's "
+                    f"{version} embeddings are {dim}-d"
+                )
+            if not 1 <= shape[1] <= limits.max_embedding_dim:
+                raise _refused(f"{name} holds {shape[1]:,}-d embeddings; the limit is {limits.max_embedding_dim:,}")
+            data_bytes = rows * shape[1] * 4
+            if info.file_size != stream.done + data_bytes:
+                raise _refused(
+                    f"{name}: its header says {shape} ({data_bytes:,} bytes of data) but the export's directory "
+                    f"says it holds {info.file_size - stream.done:,}"
+                )
+            matrix = np.empty(shape, dtype="<f4")
+            stream.limit = info.file_size
+            stream.read_into(matrix.data.cast("B"))
+    except CatalogImportError:
+        raise
+    except ZIP_ERRORS as exc:
+        raise _refused(f"{name} cannot be read from the export ({exc}): damaged") from exc
+    if stream.digest.hexdigest() != checksum:
+        raise _refused(f"checksum mismatch for {name}: the export is damaged")
+    return matrix
+
+
+def _read_matrices(
+    archive: zipfile.ZipFile,
+    members: dict[str, zipfile.ZipInfo],
+    images: list[_Image],
+    versions: dict[str, str],
+    checksums: dict[str, str],
+    catalog: Catalog,
+    limits: ExchangeLimits,
+) -> dict[str, np.ndarray]:
+    """Every embeddings file the images use, one at a time, each checked from its header first; a file no
+    image uses is refused unread (it could only cost memory)."""
+    rows: dict[str, int] = defaultdict(int)
+    for image in images:
+        rows[image.embedding_file] += 1
+    for file in sorted(versions):
+        if file not in rows:
+            raise _refused(f"{file} belongs to no row of images.csv")
+        if file not in members or file not in checksums:
+            raise _refused(f"{file} is named in the manifest but missing from the export")
+    for image in images:
+        if image.embedding_row >= rows[image.embedding_file]:
+            raise _refused(
+                f"images.csv line {image.line} (image {image.id}): embedding_row {image.embedding_row} is past "
+                f"the end of {image.embedding_file}, which images.csv uses for {rows[image.embedding_file]} rows"
+            )
+    dims = _expected_dims(catalog)
+    matrices: dict[str, np.ndarray] = {}
+    for file in sorted(rows):
+        version = versions[file]
+        expected = dims.get(version)
+        matrices[file] = _matrix(archive, members[file], checksums[file], rows[file], version, expected, limits)
+        dims.setdefault(version, int(matrices[file].shape[1]))  # two files of one new version: one dimension
+    return matrices
 
 
 def _expected_dims(catalog: Catalog) -> dict[str, int]:
@@ -486,27 +595,10 @@ def _expected_dims(catalog: Catalog) -> dict[str, int]:
     return dims
 
 
-def _check_embeddings(
-    images: list[_Image],
-    matrices: dict[str, np.ndarray],
-    versions: dict[str, str],
-    catalog: Catalog,
-    limits: ExchangeLimits,
-) -> None:
-    dims = _expected_dims(catalog)
-    for file, matrix in matrices.items():
-        expected = dims.get(versions[file])
-        if expected is not None and matrix.shape[1] != expected:
-            raise _refused(
-                f"{file} (model {versions[file]}) holds {matrix.shape[1]}-d embeddings but this catalogue's "
-                f"{versions[file]} embeddings are {expected}-d"
-            )
+def _check_embeddings(images: list[_Image], matrices: dict[str, np.ndarray], limits: ExchangeLimits) -> None:
     for image in images:
-        matrix = matrices[image.embedding_file]
         where = f"images.csv line {image.line} (image {image.id})"
-        if image.embedding_row >= len(matrix):
-            raise _refused(f"{where}: embedding_row {image.embedding_row} is past the end of {image.embedding_file}")
-        vector = matrix[image.embedding_row].astype(np.float64)
+        vector = matrices[image.embedding_file][image.embedding_row].astype(np.float64)
         if not np.isfinite(vector).all():
             raise _refused(f"{where}: its embedding ({image.embedding_file} row {image.embedding_row}) is not finite")
         norm = float(np.linalg.norm(vector))
@@ -566,8 +658,8 @@ def _validate(
     for name in checksums:
         if _EMBEDDINGS.fullmatch(name) and name not in versions:
             raise _refused(f"{name} is not named in the manifest's model versions")
-    matrices = {file: _matrix(_read(archive, members[file], checksums[file]), file) for file in versions}
-    _check_embeddings(images, matrices, versions, catalog, limits)
+    matrices = _read_matrices(archive, members, images, versions, checksums, catalog, limits)
+    _check_embeddings(images, matrices, limits)
     for image in images:  # one photo in memory at a time
         where = f"images.csv line {image.line} (image {image.id})"
         for kind in ("thumbnails", "crops"):

@@ -417,10 +417,16 @@ class Catalog:
             raise CatalogError(f"cannot open the catalogue {self.path}: {exc}") from exc
         try:
             self._settings(conn)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            # Before the first write (switching to WAL writes the file's header): another program's database
+            # is refused exactly as it was found, in its own journal mode, with no -wal or -shm beside it.
+            self._check_is_ours(conn)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a commit survives a crash of the app
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except CatalogError:
+            conn.close()
+            raise
         except sqlite3.OperationalError as exc:
             conn.close()
             if _read_only_error(exc):
@@ -562,15 +568,7 @@ class Catalog:
     def _migrate(self) -> None:
         """Check the file is a catalogue made by this program (before anything in it can run), then upgrade it."""
         with self._lock:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise CatalogError(
-                    f"{self.path} has schema version {version}; this program knows up to {SCHEMA_VERSION}: update it"
-                )
-            if version == 0 and self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                raise CatalogError(f"{self.path} is another program's SQLite database, not a catalogue")
-            if version:
-                self._check_schema(version)
+            version = self._check_is_ours(self._conn)
             if version == SCHEMA_VERSION:
                 return
             if self.read_only:
@@ -585,12 +583,28 @@ class Catalog:
                     MIGRATIONS[step](conn)
                     conn.execute("INSERT INTO schema_version VALUES (?, ?)", (step, now()))
                     conn.execute(f"PRAGMA user_version = {step}")
-            self._check_schema(SCHEMA_VERSION)
+            self._check_schema(self._conn, SCHEMA_VERSION)
 
-    def _check_schema(self, version: int) -> None:
+    def _check_is_ours(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version, after refusing a file this program did not make (reads only: run
+        before anything is written to it, WAL mode included)."""
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path} has schema version {version}; this program knows up to {SCHEMA_VERSION}: update it"
+            )
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise CatalogError(
+                f"{self.path} is another program's SQLite database, not a catalogue; it was left unchanged"
+            )
+        if version:
+            self._check_schema(conn, version)
+        return version
+
+    def _check_schema(self, conn: sqlite3.Connection, version: int) -> None:
         """Refuse a file whose tables, indexes, triggers or views are not exactly what ``version`` creates:
         a trigger would run on our next write, a view or a changed table would feed us other data."""
-        problems = schema_problems(self._conn, version)
+        problems = schema_problems(conn, version)
         if problems:
             more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
             raise CatalogError(
