@@ -95,8 +95,11 @@ def decision_note(result: Identification, threshold: float, catalogue_size: int)
 def metadata_block(meta: PhotoMetadata, name: str = "") -> None:
     """The photo's EXIF date and GPS position, whole (cards wrap; st.metric cut them off), with an offline
     map of the position when it has one."""
+    if meta.gps_note:  # an impossible position was dropped: say so rather than show no position silently
+        st.caption(md_escape(meta.gps_note))
     if not meta.taken_at and meta.latitude is None:
-        st.caption("No date or GPS position in this photo's EXIF data.")
+        if not meta.gps_note:
+            st.caption("No date or GPS position in this photo's EXIF data.")
         return
     left, right = st.columns([2, 3])
     with left:

@@ -222,7 +222,12 @@ def preview_and_thumbnail(data: bytes | None, long_side: int, thumbnail_px: int)
 
 def result_json(name: str, result: Identification, meta: PhotoMetadata, model_version: str) -> str:
     payload = {"file": name, "model_version": model_version, **result.to_dict()}
-    payload["exif"] = {"taken_at": meta.taken_at, "latitude": meta.latitude, "longitude": meta.longitude}
+    payload["exif"] = {
+        "taken_at": meta.taken_at,
+        "latitude": meta.latitude,
+        "longitude": meta.longitude,
+        "gps_note": meta.gps_note,
+    }
     return json.dumps(payload, indent=2)
 
 
@@ -308,6 +313,7 @@ def batch_frame(rows: list[BatchRow], thumbnails: dict[str, str]) -> pd.DataFram
                 "taken_at": row.taken_at,
                 "lat": row.latitude,
                 "lon": row.longitude,
+                "gps_note": row.gps_note,
                 "status": row_status(row),
                 "outcome": row.status,
                 "answer_kind": "Not a whale or dolphin"

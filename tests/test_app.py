@@ -823,6 +823,16 @@ def test_identify_shows_the_date_and_position_whole_on_an_offline_map() -> None:
     assert _land_features(world) > 100  # the coastlines travel with the chart
 
 
+def test_identify_says_why_an_impossible_gps_position_is_not_shown() -> None:
+    at = _app()
+    at.file_uploader[0].set_value(("bad_gps.jpg", _with_gps(_photo().read_bytes(), 95.0, 10.0), "image/jpeg")).run()
+    _no_failure(at)
+    shown = _texts(at)
+    assert "GPS position ignored" in shown and "latitude 95° is beyond ±90°" in shown
+    assert "2024-07-01 10:20:30" in shown  # the date is still shown
+    assert not _maps(at), "no map of an impossible point"
+
+
 def test_batch_map_draws_coastlines_framed_to_far_apart_points_with_labels() -> None:
     photo = _photo().read_bytes()
     buffer = io.BytesIO()

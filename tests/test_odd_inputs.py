@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import os
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, TiffImagePlugin
 
-from whales_identify.batch.local import run_batch
+from whales_identify.batch.local import run_batch, write_csv
 from whales_identify.errors import InvalidImageError
 from whales_identify.inputs.archive import iter_folder
 from whales_identify.inputs.exif import read_metadata
@@ -102,6 +103,12 @@ def test_an_impossible_gps_position_never_reaches_the_batch_table(identifier) ->
     assert rows["bad_gps.jpg"].status == "ok"  # the photo is still identified
     assert rows["bad_gps.jpg"].latitude is None and rows["bad_gps.jpg"].longitude is None
     assert rows["good_gps.jpg"].latitude == pytest.approx(-33.8588, abs=1e-4)
+    # the row says why the position is missing, in the CSV too; a good position has no note
+    assert "latitude 95° is beyond ±90°" in rows["bad_gps.jpg"].gps_note and rows["good_gps.jpg"].gps_note == ""
+    out = io.StringIO()
+    write_csv(list(rows.values()), out)
+    cells = {r["file"]: r for r in csv.DictReader(io.StringIO(out.getvalue()))}
+    assert cells["bad_gps.jpg"]["gps_note"] == rows["bad_gps.jpg"].gps_note and cells["bad_gps.jpg"]["latitude"] == ""
     for row in rows.values():  # nothing a map or a form could choke on
         assert all(v is None or math.isfinite(v) for v in (row.latitude, row.longitude))
 

@@ -202,19 +202,26 @@ TABLE_COLUMNS = {
     "review": st.column_config.TextColumn("Review", width=62, help="Your verdict (✓ saved to the catalogue)"),
     "taken_at": st.column_config.TextColumn("Date", width=132, help="When the photo was taken (EXIF)"),
     "gps": st.column_config.TextColumn(
-        "GPS", width=114, help="Latitude, longitude (EXIF), to about 100 m; the map's tooltips have five decimals"
+        "GPS",
+        width=114,
+        help="Latitude, longitude (EXIF), to about 100 m; the map's tooltips have five decimals. "
+        "'dropped' means the EXIF held an impossible position (the CSV's gps_note says why)",
     ),
 }
 
 
-def _gps(lat: float | None, lon: float | None) -> str:
-    """'48.500, -123.167': short enough for the table."""
+def _gps(lat: float | None, lon: float | None, note: str) -> str:
+    """'48.500, -123.167': short enough for the table; 'dropped' when the EXIF's position was impossible."""
+    if note:
+        return "dropped (invalid)"
     return "" if pd.isna(lat) or pd.isna(lon) else f"{lat:.3f}, {lon:.3f}"
 
 
 def _table(batch: BatchState, shown: pd.DataFrame):
     shown = shown.assign(
-        gps=[_gps(lat, lon) for lat, lon in zip(shown["lat"], shown["lon"], strict=True)],
+        gps=[
+            _gps(lat, lon, note) for lat, lon, note in zip(shown["lat"], shown["lon"], shown["gps_note"], strict=True)
+        ],
         review=review_column(batch, shown["file"]),
         status=shown["status"].map(lambda text: text.replace(" — ", ": ", 1)),
     )

@@ -36,6 +36,7 @@ CSV_COLUMNS = (
     "taken_at",
     "latitude",
     "longitude",
+    "gps_note",
 )
 
 
@@ -58,6 +59,7 @@ class BatchRow:
     taken_at: str = ""
     latitude: float | None = None
     longitude: float | None = None
+    gps_note: str = ""  # why the EXIF's GPS position was dropped (impossible values); empty when fine or absent
     result: Identification | None = field(default=None, repr=False, compare=False)
 
     def to_record(self) -> dict[str, Any]:
@@ -69,7 +71,9 @@ class BatchRow:
 def row_for(name: str, outcome: Identification | WhaleIdError, metadata_source: bytes | None) -> BatchRow:
     meta = read_metadata(metadata_source) if metadata_source else None
     extra: dict[str, Any] = (
-        {"taken_at": meta.taken_at, "latitude": meta.latitude, "longitude": meta.longitude} if meta else {}
+        {"taken_at": meta.taken_at, "latitude": meta.latitude, "longitude": meta.longitude, "gps_note": meta.gps_note}
+        if meta
+        else {}
     )
     if isinstance(outcome, WhaleIdError):
         return BatchRow(name, "error", str(outcome), **extra)
