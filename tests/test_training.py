@@ -92,3 +92,41 @@ def test_a_resume_file_of_another_recipe_is_not_used(
         changed = train(_config(data_root, out, lr=3e-2), model_config)  # another recipe
     assert "starting afresh" in caplog.text and "resuming" not in caplog.text
     assert [e["epoch"] for e in changed["history"]] == [1, 2] and out.exists()
+
+
+def test_kept_samples_keep_the_ones_that_still_hold_and_name_the_pool_of_the_others() -> None:
+    from whales_identify.config import NEW_INDIVIDUAL
+    from whales_identify.errors import WhaleIdError
+    from whales_identify.training.bundle import _kept_samples
+
+    frame = pd.DataFrame(
+        {
+            "image": ["rw/a.jpg", "rw/b.jpg", "fin/c.jpg", "neg/d.jpg", "hw/e.jpg"],
+            "individual_id": ["W1", "W1", "F1", "", "H1"],
+            "species": ["right_whale", "right_whale", "fin_whale", NON_CETACEAN, "humpback_whale"],
+            "source": ["noaa_right_whale", "noaa_right_whale", "fin_whale_catrlog", "negatives", "kabuga"],
+        },
+        index=[10, 11, 12, 13, 14],
+    )
+    keep = pd.DataFrame(
+        {
+            "image": ["s1.jpg", "s2.jpg", "s3.jpg", "s4.jpg"],
+            "original": ["rw/a.jpg", "neg/d.jpg", "hw/e.jpg", "fin/c.jpg"],
+        }
+    )
+    counts = frame["individual_id"].value_counts()
+    asked: list[tuple[str, int]] = []
+
+    def judge(kind: str, verdict: bool):
+        return lambda index: asked.append((kind, index)) or verdict
+
+    chosen, failed = _kept_samples(
+        frame, keep, counts, judge("known", False), judge("new", True), judge("negative", True)
+    )
+    assert chosen == [10, 13, 14, 12]  # in the listed order, failed ones in place until replaced
+    assert asked == [("known", 10), ("negative", 13), ("new", 14), ("new", 12)]  # F1 and H1 have one photo each
+    assert failed == [(0, "noaa_right_whale")]
+    _, failed = _kept_samples(frame, keep, counts, judge("known", True), judge("new", False), judge("negative", False))
+    assert failed == [(1, NON_CETACEAN), (2, NEW_INDIVIDUAL), (3, NEW_INDIVIDUAL)]
+    with pytest.raises(WhaleIdError, match="not in the data"):
+        _kept_samples(frame, keep.assign(original=["gone.jpg"] * 4), counts, *(judge("x", True),) * 3)

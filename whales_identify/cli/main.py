@@ -283,7 +283,13 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     from whales_identify.training.bundle import BundlePaths, bundle
 
     summary = bundle(
-        BundlePaths(Path(args.checkpoint), Path(args.data_root), Path(args.models_dir), Path(args.samples_dir))
+        BundlePaths(
+            Path(args.checkpoint),
+            Path(args.data_root),
+            Path(args.models_dir),
+            Path(args.samples_dir),
+            keep_samples=args.keep_samples,
+        )
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -375,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     p.add_argument("--models-dir", default=str(MODELS_DIR))
     p.add_argument("--samples-dir", default=str(REPO_DIR / "tests" / "data"))
+    p.add_argument(
+        "--keep-samples",
+        action="store_true",
+        help="keep the sample photos listed in SAMPLES_DIR/samples.csv that still do their job with this model "
+        "(a known animal named, a new one new, a negative rejected) and replace only the others",
+    )
     p.set_defaults(func=_cmd_bundle)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint for ONNX Runtime, the fast path (beside it)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pandas as pd
 import yaml
 
 from whales_identify.config import NEW_INDIVIDUAL, NON_CETACEAN, CatalogConfig, InferenceConfig
+from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.imaging import decode_image, encode_jpeg
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.identifier import Identifier, ModelOutput
@@ -43,13 +45,22 @@ class BundlePaths:
     data_root: Path
     models_dir: Path
     samples_dir: Path
+    keep_samples: bool = False  # keep the samples already listed in samples_dir/samples.csv that still do their job
 
 
-def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, gallery_all: Gallery) -> list[int]:
+def _pick_samples(
+    identifier: Identifier,
+    frame: pd.DataFrame,
+    outputs: list,
+    gallery_all: Gallery,
+    keep: pd.DataFrame | None = None,
+) -> list[int]:
     """Held-out photos the tests can check: a few known animals, a new one, a negative.
 
     Each is judged leave-one-out against the full catalogue (its own row removed),
-    exactly as it will be once it is left out of the bundle.
+    exactly as it will be once it is left out of the bundle. With ``keep`` (a samples.csv), each listed
+    photo that still does its job is kept, in place, and only the others are replaced by the next photo of
+    their kind, so a re-bundle moves as few of the tests' samples as it must.
     """
     rng = np.random.default_rng(0)
     counts = frame["individual_id"].value_counts()
@@ -58,6 +69,8 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
 
     def answer_without(index: int, drop_individual: bool = False):
         """The answer for the photo exactly as it will be shipped (resized, re-encoded)."""
+        if not isinstance(outputs[index], ModelOutput):
+            return None
         mask = gallery_all.image_names != frame.at[index, "image"]
         if drop_individual:
             mask &= gallery_all.individual_ids != frame.at[index, "individual_id"]
@@ -67,6 +80,21 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
         clear = abs(best - threshold) >= SAMPLE_MARGIN  # far from the threshold: stable across platforms
         return result if clear else None
 
+    def known_holds(index: int) -> bool:
+        result = answer_without(index)
+        return bool(result and result.answer == frame.at[index, "individual_id"] and not result.rejected)
+
+    def new_holds(index: int) -> bool:
+        result = answer_without(index, True)
+        return bool(result and result.answer == NEW_INDIVIDUAL)
+
+    reject = identifier.config.reject_threshold
+
+    def negative_holds(index: int) -> bool:
+        result = answer_without(index)
+        return bool(result and result.rejected and result.species_probability > min(0.95, reject + 0.3))
+
+    # One random order per pool, drawn in a fixed sequence, so the same model always picks the same photos.
     wanted = [
         ("noaa_right_whale", 3),
         ("bottlenose_fins_naukma", 1),
@@ -75,32 +103,84 @@ def _pick_samples(identifier: Identifier, frame: pd.DataFrame, outputs: list, ga
     ]
     named = frame["individual_id"].ne("") & ~frame["individual_id"].str.startswith("unknown")
     test = frame[(frame["split"] == "test") & named]
-    for source, n in wanted:
-        pool = test[test["source"] == source].index.to_numpy()
-        picked = 0
-        for index in rng.permutation(np.array(pool)):
-            if counts[frame.at[index, "individual_id"]] < 3 or not isinstance(outputs[index], ModelOutput):
-                continue
-            result = answer_without(index)
-            if result and result.answer == frame.at[index, "individual_id"] and not result.rejected:
-                chosen.append(int(index))
-                picked += 1
-                if picked == n:
-                    break
+    orders = {source: rng.permutation(np.array(test[test["source"] == source].index)) for source, _ in wanted}
     singletons = frame[named & frame["individual_id"].map(counts).eq(1) & frame["source"].ne("noaa_right_whale")]
-    for index in rng.permutation(np.array(singletons.index)):
-        result = answer_without(index, True) if isinstance(outputs[index], ModelOutput) else None
-        if result and result.answer == NEW_INDIVIDUAL:
-            chosen.append(int(index))
-            break
+    orders[NEW_INDIVIDUAL] = rng.permutation(np.array(singletons.index))
     negatives = frame[(frame["split"] == "test") & frame["species"].eq(NON_CETACEAN)]
-    reject = identifier.config.reject_threshold
-    for index in rng.permutation(np.array(negatives.index)):
-        result = answer_without(index) if isinstance(outputs[index], ModelOutput) else None
-        if result and result.rejected and result.species_probability > min(0.95, reject + 0.3):
-            chosen.append(int(index))
-            break
+    orders[NON_CETACEAN] = rng.permutation(np.array(negatives.index))
+
+    def pick(pool: str) -> int | None:
+        """The first photo of ``pool``'s order, not yet chosen, that does its job."""
+        for index in orders[pool]:
+            if int(index) in chosen:
+                continue
+            if pool == NEW_INDIVIDUAL:
+                holds = new_holds(index)
+            elif pool == NON_CETACEAN:
+                holds = negative_holds(index)
+            else:
+                holds = counts[frame.at[index, "individual_id"]] >= 3 and known_holds(index)
+            if holds:
+                return int(index)
+        return None
+
+    if keep is not None:
+        chosen, failed = _kept_samples(frame, keep, counts, known_holds, new_holds, negative_holds)
+        for position, pool in failed:  # a sample that no longer does its job: the next one of its kind
+            if pool not in orders:
+                raise WhaleIdError(
+                    f"sample {keep.iloc[position]['image']} no longer does its job, and its source "
+                    "is not one samples are drawn from: bundle without --keep-samples"
+                )
+            replacement = pick(pool)
+            if replacement is None:
+                raise WhaleIdError(f"no photo can replace sample {keep.iloc[position]['image']}")
+            log.info("sample %s replaced by %s", keep.iloc[position]["image"], frame.at[replacement, "image"])
+            chosen[position] = replacement
+        return chosen
+
+    for source, n in wanted:
+        for _ in range(n):
+            found = pick(source)
+            if found is None:
+                break
+            chosen.append(found)
+    for pool in (NEW_INDIVIDUAL, NON_CETACEAN):
+        found = pick(pool)
+        if found is not None:
+            chosen.append(found)
     return chosen
+
+
+def _kept_samples(
+    frame: pd.DataFrame,
+    keep: pd.DataFrame,
+    counts: pd.Series,
+    known_holds: Callable[[int], bool],
+    new_holds: Callable[[int], bool],
+    negative_holds: Callable[[int], bool],
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """The rows of the samples listed in ``keep``, each checked for its role with the new model (a negative
+    is rejected, an animal with one photo is a new individual, any other is answered by name), and the
+    (position, pool) of each that no longer does its job: its pool is its source, ``new_individual`` or
+    ``non_cetacean``."""
+    by_image = {image: index for index, image in zip(frame.index, frame["image"], strict=True)}
+    chosen: list[int] = []
+    failed: list[tuple[int, str]] = []
+    for position, sample in enumerate(keep.itertuples()):
+        index = by_image.get(str(sample.original))
+        if index is None:
+            raise WhaleIdError(f"sample {sample.image}: its photo {sample.original} is not in the data")
+        if frame.at[index, "species"] == NON_CETACEAN:
+            pool, holds = NON_CETACEAN, negative_holds(index)
+        elif counts.get(frame.at[index, "individual_id"], 0) == 1:
+            pool, holds = NEW_INDIVIDUAL, new_holds(index)
+        else:
+            pool, holds = str(frame.at[index, "source"]), known_holds(index)
+        chosen.append(int(index))
+        if not holds:
+            failed.append((position, pool))
+    return chosen, failed
 
 
 def _sample_bytes(path: str) -> bytes:
@@ -167,7 +247,9 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
     log.info("tuned %s; validation %s", tuned, val_scores)
 
     full = gallery_of(np.ones(len(frame), bool))
-    chosen = _pick_samples(identifier, frame, outputs, full)
+    listed = paths.samples_dir / "samples.csv"
+    keep = pd.read_csv(listed, dtype=str, keep_default_na=False) if paths.keep_samples else None
+    chosen = _pick_samples(identifier, frame, outputs, full, keep)
     _write_samples(frame, chosen, paths.samples_dir)
     keep = np.ones(len(frame), bool)
     keep[chosen] = False
