@@ -685,8 +685,7 @@ def test_a_rejected_photo_shows_one_probability_in_the_table_and_the_detail() ->
     _no_failure(at)
     [batch_row] = at.session_state["batch"].rows
     result = batch_row.result
-    if not result.rejected:
-        pytest.skip("the model kept this negative sample")
+    assert result.rejected, "the bundled negative sample is chosen to be rejected (tests/test_identify.py)"
     p_not = result.species_probability  # P(no whale or dolphin): what the rejection is about
     frame = vm.batch_frame([batch_row], {})
     assert frame["probability"].iloc[0] == pytest.approx(p_not)
