@@ -45,8 +45,8 @@ from app.headless import CHROMIUM, CHROMIUM_ARGS, SETTLED, free_port
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 600_000  # the issue saw 193 s: wait long enough to measure a slow start, not fail on it
 PHOTOS = [
-    ROOT / "tests" / "data" / "humpback_whale_32508e57-28c2-4ebf-872d-2264a0b8ce3f.jpg",
-    ROOT / "tests" / "data" / "north_atlantic_right_whale_w_6141.jpg",
+    ROOT / "tests" / "data" / "humpback_whale_43f3385b-6d40-4b2c-b7f9-6062c680361a.jpg",
+    ROOT / "tests" / "data" / "north_atlantic_right_whale_w_8801.jpg",
 ]
 
 

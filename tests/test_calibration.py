@@ -141,9 +141,15 @@ def test_an_impossible_catalogued_share_in_the_settings_file_is_refused(tmp_path
 
 
 def test_the_shipped_settings_are_calibrated() -> None:
-    """The bundled inference.yaml carries fitted maps: a named individual is never shown as surer than its
-    softmax (on validation such answers were right far less often than the softmax said)."""
+    """The bundled inference.yaml carries fitted maps, one per kind of answer (named individual or
+    new_individual, global or fused scores): none is the identity (each was fitted), each is increasing (a
+    surer softmax is never shown as less sure), and none turns a middling softmax into near-certainty."""
     shipped = InferenceConfig.load()
     assert shipped.catalogued_share == 0.5
-    for p in (0.6, 0.8, 0.95):
-        assert rules.calibrated_probability(p, False, shipped) < p
+    for verified in (False, True):
+        for answered_new in (False, True):
+            slope, offset = rules.calibration_map(shipped, answered_new, verified)
+            assert (slope, offset) != (1.0, 0.0), (answered_new, verified)
+            assert slope > 0, (answered_new, verified)
+            shown = [rules.calibrated_probability(p, answered_new, shipped, verified) for p in (0.3, 0.5, 0.7, 0.9)]
+            assert shown == sorted(shown) and 0.05 < shown[1] < 0.95, (answered_new, verified, shown)

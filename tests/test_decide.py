@@ -266,10 +266,10 @@ def test_refusing_stored_matches_gives_what_decide_gives(fusion: VerifyConfig) -
 
 
 def test_tune_fusion_finds_a_minimum_that_silences_chance_matches() -> None:
-    """As for the sample w_6141: a wrong individual gets 4 inliers by chance and the true one 2, where the
-    cosine winner is right (0.57 against 0.39); elsewhere the cosine is a near tie and only the true
-    individual's 12 inliers decide. The previous fusion (weight 1, cap 6, no minimum) loses the first kind;
-    the tuned one must get both right."""
+    """As for a right-whale sample of an earlier model (w_6141): a wrong individual gets 4 inliers by chance
+    and the true one 2, where the cosine winner is right (0.57 against 0.39); elsewhere the cosine is a near
+    tie and only the true individual's 12 inliers decide. The previous fusion (weight 1, cap 6, no minimum)
+    loses the first kind; the tuned one must get both right."""
     names = [f"w{i}" for i in range(8)]
     gallery = Gallery(np.eye(8, dtype=np.float32), np.array(names), np.array(["humpback_whale"] * 8), np.array(names))
     base = replace(CONFIG, prototype_weight=0.0)
@@ -294,7 +294,7 @@ def test_tune_fusion_finds_a_minimum_that_silences_chance_matches() -> None:
         truths.append(names[truth])
     stored = store_matches(gallery, queries, results, truths, base, 8)
     previous = VerifyConfig(weight=1.0, inlier_cap=6, min_inliers=0)
-    assert fused_metrics(stored, previous, [0.0])["known_top1"][0] == pytest.approx(0.5)  # every w_6141 lost
+    assert fused_metrics(stored, previous, [0.0])["known_top1"][0] == pytest.approx(0.5)  # every such query lost
     config, fusion, log = tune_fusion(base, VerifyConfig(), stored)
     assert log["val_known_top1"] == pytest.approx(1.0)
     for q, r, t in zip(queries, results, truths, strict=True):

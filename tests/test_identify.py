@@ -21,7 +21,7 @@ def test_samples_cover_known_new_and_negative(samples, known_samples) -> None:
 def test_known_animals_are_identified(identifier, known_samples) -> None:
     for row in known_samples.itertuples():
         # the global model's answer (the keypoint verification is measured in bench_verify_identify: with few
-        # keypoint photos per whale it can move a sample that the global model gets right, e.g. w_6141)
+        # keypoint photos per whale it can move a sample that the global model gets right)
         result = identifier.identify(Path(row.path), verify=False)
         assert not result.rejected, row.image
         assert not result.new_individual, row.image

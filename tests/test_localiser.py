@@ -202,7 +202,7 @@ def test_a_photo_with_no_animal_in_it_is_rejected_and_says_so(identifier) -> Non
 
     sea = identifier.identify(DATA / "non_cetacean_sea_22961.jpg")
     assert sea.rejected and sea.species == NON_CETACEAN and not sea.new_individual
-    image = decode_image((DATA / "humpback_whale_32508e57-28c2-4ebf-872d-2264a0b8ce3f.jpg").read_bytes())
+    image = decode_image((DATA / "humpback_whale_43f3385b-6d40-4b2c-b7f9-6062c680361a.jpg").read_bytes())
     (output,) = identifier.forward([image])
     assert output.objectness is not None and output.objectness > identifier.localiser.config.min_objectness
     kept = identifier.decide(output)

@@ -13,7 +13,7 @@ from whales_identify.config import VerifyConfig
 from whales_identify.matching.verify import Keypoints, describe, match, rerank
 
 CFG = VerifyConfig()
-VERIFY = "data/verify/north_atlantic_right_whale_whale_78785_w_{}.jpg"
+VERIFY = "data/verify/north_atlantic_right_whale_whale_29858_w_{}.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def right_whales(samples: pd.DataFrame) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def pair(request: pytest.FixtureRequest) -> tuple[Image.Image, Image.Image]:
     root = request.path.parent
-    return Image.open(root / VERIFY.format(2596)), Image.open(root / VERIFY.format(3001))
+    return Image.open(root / VERIFY.format(3164)), Image.open(root / VERIFY.format(3510))
 
 
 def altered(photo: np.ndarray, angle: float = 12.0, scale: float = 0.85, gain: float = 1.25) -> np.ndarray:

@@ -23,19 +23,19 @@ from whales_identify.matching.verify import KeypointFile, Keypoints, save_keypoi
 from whales_identify.training.keypoints import describe_file
 
 DATA = Path(__file__).parent / "data"
-SAME = DATA / "verify" / "north_atlantic_right_whale_whale_78785_w_2596.jpg"
-QUERY = DATA / "verify" / "north_atlantic_right_whale_whale_78785_w_3001.jpg"
-OTHER = DATA / "north_atlantic_right_whale_w_6141.jpg"  # another right whale (samples.csv)
+SAME = DATA / "verify" / "north_atlantic_right_whale_whale_29858_w_3164.jpg"
+QUERY = DATA / "verify" / "north_atlantic_right_whale_whale_29858_w_3510.jpg"
+OTHER = DATA / "north_atlantic_right_whale_w_8801.jpg"  # another right whale (samples.csv)
 CFG = VerifyConfig()
 
 
 @pytest.fixture(scope="module")
 def pair_gallery(identifier: Identifier) -> tuple[Gallery, dict[str, bytes]]:
-    """A catalogue of two right whales: whale_78785 (the query's true match) and another one."""
+    """A catalogue of two right whales: whale_29858 (the query's true match) and another one."""
     outputs = identifier.forward([identifier.prepare_input(p) for p in (SAME, OTHER)])
     gallery = Gallery(
         np.stack([o.embedding for o in outputs]),
-        np.array(["whale_78785", "whale_other"]),
+        np.array(["whale_29858", "whale_other"]),
         np.array(["north_atlantic_right_whale"] * 2),
         np.array(["same.jpg", "other.jpg"]),
         model_version=identifier.model_version,
@@ -57,12 +57,12 @@ def verifying(identifier: Identifier, pair_gallery) -> Identifier:
 
 def test_matching_pair_scores_above_non_matching_through_the_identifier(verifying: Identifier) -> None:
     result = verifying.identify(QUERY, verify=True)
-    same, other = result.evidence_for("whale_78785"), result.evidence_for("whale_other")
+    same, other = result.evidence_for("whale_29858"), result.evidence_for("whale_other")
     assert same is not None and other is not None
     assert same.inliers >= CFG.verified_inliers > other.inliers
-    assert result.answer == "whale_78785" and result.verified
+    assert result.answer == "whale_29858" and result.verified
     # evidence is ordered best first and names the catalogue photo it matched
-    assert result.evidence[0].individual_id == "whale_78785" and same.photo == "same.jpg"
+    assert result.evidence[0].individual_id == "whale_29858" and same.photo == "same.jpg"
     # the agreeing points: query pixels inside the decoded query photo, catalogue pixels inside photo_size
     assert same.query_points.shape == same.photo_points.shape == (same.inliers, 2)
     width, height = result.photo_size
@@ -93,7 +93,7 @@ def test_verified_answer_overrides_new_individual(verifying: Identifier) -> None
     output = verifying.forward([verifying.prepare_input(QUERY)])[0]
     assert verifying.decide(output, config=strict).new_individual  # far below an impossible threshold
     answer = verifying.decide(output, config=strict, photo=verifying.prepare_input(QUERY))
-    assert not answer.new_individual and answer.answer == "whale_78785" and answer.verified
+    assert not answer.new_individual and answer.answer == "whale_29858" and answer.verified
 
 
 def test_other_species_are_not_verified(verifying: Identifier) -> None:

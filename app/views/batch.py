@@ -320,7 +320,7 @@ def body() -> None:
             verify = st.checkbox(
                 "Verify right-whale matches by their callosity pattern",
                 key="batch_verify",
-                help="Checks each right whale's best candidates keypoint by keypoint (about 35 ms more a photo: "
+                help="Checks each right whale's best candidates keypoint by keypoint (about 40 ms more a photo: "
                 "the batch runs at less than half its speed). Answers the keypoints confirm are marked verified.",
             )
             if st.button(label, type="primary", icon=":material/play_arrow:", key="batch_start"):

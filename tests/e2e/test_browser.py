@@ -492,8 +492,8 @@ def test_review_a_batch_with_the_keyboard_and_save(page, server, shots):
     correction, ← / → to move) and saved; the table fits a 1400 px screen without scrolling sideways."""
     names = [
         "north_atlantic_right_whale_w_932.jpg",
-        "north_atlantic_right_whale_w_6731.jpg",
-        "humpback_whale_32508e57-28c2-4ebf-872d-2264a0b8ce3f.jpg",
+        "north_atlantic_right_whale_w_1991.jpg",
+        "humpback_whale_43f3385b-6d40-4b2c-b7f9-6062c680361a.jpg",
     ]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
