@@ -248,8 +248,8 @@ def bundle(paths: BundlePaths, seed: int | None = None) -> dict:
 
     full = gallery_of(np.ones(len(frame), bool))
     listed = paths.samples_dir / "samples.csv"
-    keep = pd.read_csv(listed, dtype=str, keep_default_na=False) if paths.keep_samples else None
-    chosen = _pick_samples(identifier, frame, outputs, full, keep)
+    kept = pd.read_csv(listed, dtype=str, keep_default_na=False) if paths.keep_samples else None
+    chosen = _pick_samples(identifier, frame, outputs, full, kept)
     _write_samples(frame, chosen, paths.samples_dir)
     keep = np.ones(len(frame), bool)
     keep[chosen] = False
