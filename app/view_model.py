@@ -197,6 +197,16 @@ def position_text(latitude: float | None, longitude: float | None) -> str:
     return f"{abs(latitude):.5f}° {north}, {abs(longitude):.5f}° {east}"
 
 
+def gps_cell(latitude: float | None, longitude: float | None, note: str = "") -> str:
+    """The batch table's GPS cell: '48.500, -123.167' (short enough for the column); 'dropped (invalid)' when
+    the EXIF held an impossible position (``note`` says why); empty without one."""
+    if note:
+        return "dropped (invalid)"
+    if latitude is None or longitude is None or pd.isna(latitude) or pd.isna(longitude):
+        return ""
+    return f"{latitude:.3f}, {longitude:.3f}"
+
+
 def duration(seconds: float) -> str:
     if seconds < 10:
         return f"{max(seconds, 0):.1f} s"

@@ -164,6 +164,14 @@ def test_accepted_types_and_labels_come_from_the_package() -> None:
     assert NON_CETACEAN not in vm.cetacean_species([NON_CETACEAN, "humpback_whale"])
 
 
+def test_the_batch_tables_gps_cell_says_when_a_position_was_dropped() -> None:
+    from app import view_model as vm
+
+    assert vm.gps_cell(48.5, -123.1666667) == "48.500, -123.167"
+    assert vm.gps_cell(None, None) == "" and vm.gps_cell(float("nan"), float("nan")) == ""
+    assert vm.gps_cell(None, None, "GPS position ignored: latitude 95° is beyond ±90°") == "dropped (invalid)"
+
+
 @pytest.fixture
 def analyse_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the photos analysed (identified and masked) from now on: a rerun that

@@ -210,17 +210,11 @@ TABLE_COLUMNS = {
 }
 
 
-def _gps(lat: float | None, lon: float | None, note: str) -> str:
-    """'48.500, -123.167': short enough for the table; 'dropped' when the EXIF's position was impossible."""
-    if note:
-        return "dropped (invalid)"
-    return "" if pd.isna(lat) or pd.isna(lon) else f"{lat:.3f}, {lon:.3f}"
-
-
 def _table(batch: BatchState, shown: pd.DataFrame):
     shown = shown.assign(
         gps=[
-            _gps(lat, lon, note) for lat, lon, note in zip(shown["lat"], shown["lon"], shown["gps_note"], strict=True)
+            vm.gps_cell(lat, lon, note)
+            for lat, lon, note in zip(shown["lat"], shown["lon"], shown["gps_note"], strict=True)
         ],
         review=review_column(batch, shown["file"]),
         status=shown["status"].map(lambda text: text.replace(" — ", ": ", 1)),
