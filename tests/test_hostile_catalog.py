@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import sys
 import textwrap
 import tracemalloc
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -237,14 +238,27 @@ def _with_big_member(export: Path, out: Path, name: str, size: int) -> Path:
     for _ in range(size // len(chunk)):
         digest.update(chunk)
     manifest["checksums"][name] = digest.hexdigest()
+    return _rewritten(out, manifest, members, name, (chunk for _ in range(size // len(chunk))))
+
+
+def _rewritten(
+    out: Path,
+    manifest: dict,
+    members: dict[str, bytes],
+    name: str,
+    parts: Iterable[bytes | memoryview],
+    zip64: bool = False,
+) -> Path:
+    """An export written again with this manifest, its other members as they were, and ``name`` streamed from
+    ``parts`` (never whole in memory)."""
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
         dst.writestr("manifest.json", json.dumps(manifest))
         for member, data in members.items():
             if member != name:
                 dst.writestr(member, data)
-        with dst.open(name, "w") as handle:
-            for _ in range(size // len(chunk)):
-                handle.write(chunk)
+        with dst.open(name, "w", force_zip64=zip64) as handle:
+            for part in parts:
+                handle.write(part)
     return out
 
 
@@ -359,16 +373,8 @@ def _declaring(export: Path, out: Path, name: str, rows: int, version: str | Non
     for size in sizes:
         digest.update(memoryview(chunk)[:size])
     manifest["checksums"][name] = digest.hexdigest()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
-        dst.writestr("manifest.json", json.dumps(manifest))
-        for member, data in members.items():
-            if member != name:
-                dst.writestr(member, data)
-        with dst.open(name, "w", force_zip64=True) as handle:
-            handle.write(header.getvalue() + head)
-            for size in sizes:
-                handle.write(memoryview(chunk)[:size])
-    return out
+    parts = itertools.chain([header.getvalue() + head], (memoryview(chunk)[:size] for size in sizes))
+    return _rewritten(out, manifest, members, name, parts, zip64=True)
 
 
 def test_an_embeddings_file_declaring_more_rows_than_images_use_is_refused_before_its_data_is_read(
