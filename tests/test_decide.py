@@ -18,8 +18,10 @@ from whales_identify.matching.results import Evidence
 from whales_identify.training import calibration
 from whales_identify.training.metrics import average_precision_at_5
 from whales_identify.training.tune import (
+    MAX_KNOWN_ANSWERED_NEW,
     StoredMatches,
     answers_of,
+    constrained_best,
     fused_answers,
     fused_metrics,
     fused_outcomes,
@@ -136,6 +138,31 @@ def test_tune_chooses_from_candidates_and_leaves_the_base_config_alone(gallery: 
     assert log["val_map5_balanced"] == pytest.approx(1.0)
     for query, truth in zip(queries, ["A", "C", NEW_INDIVIDUAL], strict=True):
         assert rules.decide(gallery, query, SPECIES, tuned).answer == truth
+
+
+def test_constrained_best_keeps_catalogued_animals_out_of_new_where_it_can() -> None:
+    values = np.array([0.9, 0.8, 0.7, 0.95])
+    assert constrained_best(values, np.array([0.9, 0.5, 0.3, 0.6]), limit=0.5) == 1  # the best that keeps to it
+    assert constrained_best(values, np.array([0.9, 0.5, 0.3, 0.6]), limit=1.0) == 3  # no limit: the best
+    assert constrained_best(values, np.array([0.9, 0.7, 0.7, 0.8]), limit=0.5) == 1  # none keeps: fewest sent
+
+
+def test_tune_sends_no_more_catalogued_animals_to_new_than_allowed(gallery: Gallery) -> None:
+    """Balanced MAP@5 alone prefers a threshold between 0.7 and 0.9 here: the unseen animal (0.7 like A) is
+    then answered new, at the price of two of three photos of A (0.5 like A) answered new too. The tuned
+    threshold may not send more than MAX_KNOWN_ANSWERED_NEW of the catalogued animals to new: it answers A."""
+    assert MAX_KNOWN_ANSWERED_NEW < 2 / 3
+
+    def like_a(cosine: float) -> rules.QueryScores:
+        return scores_for(gallery, unit(cosine, 0, 0, float(np.sqrt(1 - cosine**2))))
+
+    queries = [like_a(0.9), like_a(0.5), like_a(0.5), like_a(0.7)]
+    truths = ["A", "A", "A", "Z"]
+    tuned, log = tune(CONFIG, gallery, queries, SPECIES, truths, ["humpback_whale"] * 4)
+    assert log["val_map5_balanced_unconstrained"] > log["val_map5_balanced"]  # the limit bound the choice
+    assert log["val_known_answered_new"] <= MAX_KNOWN_ANSWERED_NEW
+    answers = [rules.decide(gallery, q, SPECIES, tuned).answer for q in queries[:3]]
+    assert answers == ["A", "A", "A"]
 
 
 # --- the verification stage's fusion: the bonus, and tuning it on stored matches --------------------------------
@@ -260,6 +287,8 @@ def test_refusing_stored_matches_gives_what_decide_gives(fusion: VerifyConfig) -
         )
         assert metrics["known_top1"][at] == pytest.approx(top1)
         assert metrics["new_individual_recall"][at] == pytest.approx(recall)
+        sent_new = np.mean([d.answer == NEW_INDIVIDUAL for d, k in zip(decided, known, strict=True) if k])
+        assert metrics["known_answered_new"][at] == pytest.approx(sent_new)
         assert metrics["map5_balanced"][at] == pytest.approx(balanced)
     overriding = fused_outcomes(stored, fusion, [5.0])  # a threshold nothing reaches: only verified answers stay
     assert (~overriding["answered_new"][0] == overriding["verified"]).all()
