@@ -12,9 +12,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import housekeeping, warmup
+from app import ast_guard, housekeeping, warmup
 from app.state import init_session_state
 
+ast_guard.install()  # before the warm-up thread starts: page scripts and numpy's headers are parsed at once
 st.set_page_config(page_title="Whale & dolphin ID", page_icon="🐋", layout="wide")
 
 VIEWS = Path(__file__).resolve().parent / "views"  # not pages/: Streamlit runs a pages/ folder by itself
