@@ -6,10 +6,28 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from whales_identify.config import DEFAULT_SPECIES_MAP, NON_CETACEAN
 from whales_identify.matching.identifier import Identifier
 
 DATA = Path(__file__).parent / "data"
+
+
+def sample_photo(role: str) -> Path:
+    """The bundled sample photo that plays ``role``: "negative" (a frame that is no whale, rejected) or
+    "unseen" (an animal the catalogue does not hold, answered new_individual). ``bundle`` picks them afresh
+    for each model (tests/data/samples.csv), so a test names the role, never the file."""
+    frame = pd.read_csv(DATA / "samples.csv", dtype=str, keep_default_na=False)
+    if role == "negative":
+        rows = frame[frame["species"] == NON_CETACEAN]
+    elif role == "unseen":
+        catalogued = set(map(str, yaml.safe_load(DEFAULT_SPECIES_MAP.read_text(encoding="utf-8"))))
+        rows = frame[(frame["individual_id"] != "") & ~frame["individual_id"].isin(catalogued)]
+    else:
+        raise ValueError(f"no sample role {role!r}")
+    assert len(rows), f"tests/data/samples.csv has no {role} sample"
+    return DATA / str(rows.iloc[0]["image"])
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
+from conftest import sample_photo
 from PIL import Image, ImageDraw
 
 from whales_identify.cli.main import main
@@ -200,7 +201,7 @@ def test_a_photo_with_no_animal_in_it_is_rejected_and_says_so(identifier) -> Non
     humpback's forward pass with P(animal) set to 0.01); the same pass with the animal found is not."""
     from dataclasses import replace
 
-    sea = identifier.identify(DATA / "non_cetacean_sea_22961.jpg")
+    sea = identifier.identify(sample_photo("negative"))
     assert sea.rejected and sea.species == NON_CETACEAN and not sea.new_individual
     image = decode_image((DATA / "humpback_whale_43f3385b-6d40-4b2c-b7f9-6062c680361a.jpg").read_bytes())
     (output,) = identifier.forward([image])

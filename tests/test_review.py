@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import sample_photo
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_app import _plain, _with_gps
@@ -452,8 +453,8 @@ def test_filters_apply_to_the_charts_and_the_map_and_rejected_photos_are_counted
         archive.writestr(
             "trip/humpback.jpg", (DATA / "humpback_whale_43f3385b-6d40-4b2c-b7f9-6062c680361a.jpg").read_bytes()
         )
-        archive.writestr("trip/dolphin.jpg", (DATA / "common_dolphin_661ad8f6e05db5.jpg").read_bytes())
-        archive.writestr("trip/sea.jpg", (DATA / "non_cetacean_sea_22961.jpg").read_bytes())
+        archive.writestr("trip/unseen.jpg", sample_photo("unseen").read_bytes())
+        archive.writestr("trip/sea.jpg", sample_photo("negative").read_bytes())
     at = _batch(buffer.getvalue())
     rows = {r.file: r for r in at.session_state["batch"].rows}
     # the bundled samples are chosen so that the sea is rejected and the right whale is not (tests/test_identify.py)
@@ -478,9 +479,13 @@ def test_filters_apply_to_the_charts_and_the_map_and_rejected_photos_are_counted
     data = _chart_data(at)
     counts = next(f for f in data if "photos" in f.columns)
     assert set(counts["species_label"]) == {species_label(label)}
-    assert all(set(f["file"]) <= {"trip/humpback.jpg"} for f in data if "file" in f.columns)
+    of_species = {name for name, row in rows.items() if row.species == label and not row.rejected}
+    assert "trip/humpback.jpg" in of_species and "trip/right_gps.jpg" not in of_species
+    assert all(set(f["file"]) <= of_species for f in data if "file" in f.columns)
     assert not any("place" in f.columns for f in data), "the map follows the filter (no GPS photo left)"
-    assert "Charts and map show the 1 row the filters let through." in "\n".join(_plain(c.value) for c in at.caption)
+    n = len(of_species)
+    shown = f"Charts and map show the {n} row{'s' if n > 1 else ''} the filters let through."
+    assert shown in "\n".join(_plain(c.value) for c in at.caption)
 
 
 def test_the_table_shows_status_new_date_and_gps_in_short_columns() -> None:

@@ -132,7 +132,7 @@ class InferenceConfig:
     # are on another scale: their own new_individual threshold and temperature, tuned on validation by
     # benchmarks/bench_verify_identify.py. The defaults are its values for the shipped fusion, so that
     # ``bundle`` (which re-tunes the global scores only) keeps them in models/inference.yaml.
-    verify_new_individual_threshold: float = 0.58
+    verify_new_individual_threshold: float = 0.62
     verify_temperature: float = 20.0
     # The single answer's probability, recalibrated (top-label Platt scaling, ``rules.calibrate_answer``):
     # logit p' = slope * logit p + offset, one map for answers that name an individual and one for
@@ -145,10 +145,10 @@ class InferenceConfig:
     individual_calibration_offset: float = 0.0
     new_calibration_slope: float = 1.0
     new_calibration_offset: float = 0.0
-    verify_individual_calibration_slope: float = 0.4062
-    verify_individual_calibration_offset: float = 0.4819
-    verify_new_calibration_slope: float = 0.6445
-    verify_new_calibration_offset: float = -0.5832
+    verify_individual_calibration_slope: float = 0.7941
+    verify_individual_calibration_offset: float = -0.6404
+    verify_new_calibration_slope: float = 0.6555
+    verify_new_calibration_offset: float = 0.4876
     # The share of photos expected to show an animal already in the catalogue: the prior that the
     # probabilities assume (0.5, as calibrated: half and half). Whether "new individual, 80 %" is right
     # eight times in ten depends on it: a population re-sighted year after year calls for more (0.9).
@@ -411,13 +411,16 @@ class VerifyConfig:
     photos_per_candidate: int = 8  # each candidate's photos most similar to the query (cosine), matched
     # fused = global score + weight * min(inliers, cap) / cap (nothing below min_inliers), tuned jointly with the
     # fused new_individual threshold on the right-whale validation individuals, for the shipped keypoint file
-    # (5 photos x 120 keypoints: tied with 3 x 200 on balanced MAP@5, better known top-1), by
-    # benchmarks/bench_verify_identify.py (training/tune.tune_fusion; verify_identify.json).
-    weight: float = 0.3
-    inlier_cap: int = 6
-    # Fewer inliers than this add nothing (matching/rules.verification_bonus): chance matches between two
-    # different whales give 3-5 (validation: the best wrong candidate reaches 4 in 82 % of queries, 6 in 3 %).
-    min_inliers: int = 6
+    # (5 photos x 120 keypoints: better balanced MAP@5 and known top-1 than 3 x 200), by
+    # benchmarks/bench_verify_identify.py (training/tune.tune_fusion, which also keeps the catalogued whales
+    # answered new_individual to at most tune.MAX_KNOWN_ANSWERED_NEW; verify_identify.json).
+    weight: float = 0.4
+    inlier_cap: int = 8
+    # Fewer inliers than this add nothing (matching/rules.verification_bonus). Chance matches between two
+    # different whales give 3-5 (validation: the best wrong candidate reaches 4 in 80 % of queries, 6 in 4 %),
+    # yet every inlier counting measured best on validation: a chance match adds at most 0.25 against the
+    # true whale's 0.4 from 8 inliers, and the true whale's own few inliers lift it just as much.
+    min_inliers: int = 0
     # A top answer with at least this many inliers is "verified": right 93-95 % of the time on held-out
     # right whales (unseen animals' photos included), 95-96 % from 10 inliers.
     verified_inliers: int = 8

@@ -437,7 +437,14 @@ def test_a_bookmarked_page_works_on_a_fresh_server(browser):
 def test_compare_with_the_catalogue_at_512_px_and_record_a_verdict(page, server, shots):
     """The comparison panel: the whole photo beside the best candidate's catalogue photo, each at least
     512 px on the page; another photo from the strip; zoom; a verdict recorded and shown."""
-    [photo] = [p for p in _photos() if p.name.startswith("common_dolphin_")]
+    from PIL import Image
+
+    def aspect(path: Path) -> float:
+        with Image.open(path) as image:
+            return image.width / image.height
+
+    photo = max(_photos(), key=aspect)  # the widest sample (a fluke or a fin at sea; bundle picks the samples)
+    assert aspect(photo) > 1.5, photo
     page.goto(server)
     page.get_by_text("Upload a photo, take one with the camera").wait_for()
     _upload(page, str(photo))
@@ -448,7 +455,7 @@ def test_compare_with_the_catalogue_at_512_px_and_record_a_verdict(page, server,
     _settled(page)
     picture.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "11_compare.png"), full_page=True)
-    # wide photos (a dorsal fin at sea) are shown one above the other, each across the picture's width
+    # wide photos (a fluke or a dorsal fin at sea) are shown one above the other, each across the picture's width
     layout = main.get_by_role("radiogroup", name="Layout").get_by_role("radio", name="One above the other")
     assert layout.get_attribute("aria-checked") == "true"
     natural, shown = picture.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
