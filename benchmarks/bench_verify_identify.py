@@ -130,6 +130,13 @@ def protocol_for(frame: pd.DataFrame, outputs: list, split: str, seed: int, vers
     return Protocol(gallery, queries, truths)
 
 
+def parse_spec(spec: str) -> tuple[int, int, int]:
+    """ "KxN" (K photos x N keypoints per whale) or "KxNqQ" (the query photo keeps Q keypoints; 0: N)."""
+    stored, _, query = spec.partition("q")
+    k, n = (int(v) for v in stored.split("x"))
+    return k, n, int(query) if query else 0
+
+
 def keypoint_names(gallery: Gallery, per_individual: int) -> set[str]:
     """As ``training/keypoints.choose_keypoint_photos`` chooses for the shipped file."""
     rows = np.flatnonzero(gallery.individual_ids != "")
@@ -154,6 +161,7 @@ def matched(
     depend only on the photos, the keypoint photos and the matching settings, not on the fusion)."""
     vc = identifier.verify_config
     matching = (vc.long_side, vc.max_keypoints, vc.bundled_per_individual, vc.ratio, vc.ransac_threshold)
+    matching += (vc.query_keypoints,) if vc.query_keypoints else ()  # the keys of earlier runs stay valid
     matching += (vc.candidates, vc.photos_per_candidate, identifier.config.prototype_weight)
     key = hashlib.sha1(f"{identifier.model_version}{split}{matching}{protocol.queries}".encode()).hexdigest()[:12]
     file = cache / f"matched_{split}_{key}.pkl"
@@ -385,7 +393,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--cache", default="/tmp/whales_verify_identify_cache")
-    parser.add_argument("--configs", default="3x200,4x150,5x120,2x200,2x300", help="KxMAX_KEYPOINTS, comma-separated")
+    parser.add_argument(
+        "--configs",
+        default="3x200,4x150,5x120,2x200,2x300",
+        help="KxMAX_KEYPOINTS[qQUERY_KEYPOINTS], comma-separated (5x120q400: the query photo keeps 400)",
+    )
     parser.add_argument("--timed", type=int, default=40, help="photos timed end to end")
     parser.add_argument("--out", default="benchmarks/results/verify_identify.json")
     parser.add_argument("--figure", default="verify_tradeoff")
@@ -439,10 +451,10 @@ def main() -> None:
         best: tuple | None = None
         tuned_by: dict[str, tuple] = {}
         for spec in args.configs.split(","):
-            k, n = (int(v) for v in spec.split("x"))
-            cfg = dataclasses.replace(base_verify, max_keypoints=n, bundled_per_individual=k)
+            k, n, q = parse_spec(spec)
+            cfg = dataclasses.replace(base_verify, max_keypoints=n, bundled_per_individual=k, query_keypoints=q)
             records = cached_records(list(frame["path"]), cfg, cache)
-            row: dict[str, Any] = {"per_individual": k, "max_keypoints": n}
+            row: dict[str, Any] = {"per_individual": k, "max_keypoints": n, "query_keypoints": q or n}
             row["bundled"] = bundled_bytes(catalogue, records, path_of, cfg)
             chosen = keypoint_names(val.gallery, k)
             row["mean_bytes_per_photo"] = int(np.mean([len(records[c]) for c in chosen]))
@@ -507,6 +519,7 @@ def main() -> None:
             final, previous_test, test.truths
         )
         shipped = f"{base_verify.bundled_per_individual}x{base_verify.max_keypoints}"
+        shipped += f"q{base_verify.query_keypoints}" if base_verify.query_keypoints else ""
         if shipped != spec and shipped in tuned_by:
             # The keypoint file shipped now (models/keypoints.npz) until it is rebuilt for the chosen
             # configuration: its own validation-tuned settings, measured after the choice, choosing nothing.

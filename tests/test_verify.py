@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from whales_identify.config import VerifyConfig
-from whales_identify.matching.verify import Keypoints, describe, match, rerank
+from whales_identify.matching.verify import Keypoints, describe, describe_query, match, rerank
 
 CFG = VerifyConfig()
 VERIFY = "data/verify/north_atlantic_right_whale_whale_29858_w_{}.jpg"
@@ -116,3 +116,12 @@ def test_rerank_puts_the_verified_candidate_first() -> None:
     plain = rerank(scores, np.zeros(4, int), CFG)
     assert plain.order.tolist() == [0, 1, 2, 3]
     assert np.all(ranked.scores >= scores)
+
+
+def test_the_query_photo_may_keep_more_keypoints_than_the_catalogue_stores(pair) -> None:
+    """``query_keypoints``: the photo being identified keeps its own number (0: as many as stored)."""
+    query, _ = pair
+    assert len(describe_query(query, CFG)) == len(describe(query, CFG)) <= CFG.max_keypoints
+    more = describe_query(query, VerifyConfig(max_keypoints=120, query_keypoints=300))
+    assert 120 < len(more) <= 300
+    assert set(map(tuple, describe(query, VerifyConfig(max_keypoints=120)).xy)) <= set(map(tuple, more.xy))

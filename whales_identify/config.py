@@ -401,6 +401,9 @@ class VerifyConfig:
 
     long_side: int = 224  # keypoints are found on the greyscale photo reduced (or enlarged) to this long side
     max_keypoints: int = 120  # the strongest this many are kept (and stored): bytes per photo grow with it
+    # The photo being identified is stored nowhere, so it may keep more than the catalogue's photos do:
+    # each stored keypoint then finds its partner more often. 0: as many as ``max_keypoints``.
+    query_keypoints: int = 0
     descriptor_bits: int = 4  # stored RootSIFT precision per component: 4 (two per byte; measured as good as 8) or 8
     ratio: float = 0.85  # Lowe's ratio test: best / second-best descriptor distance below this
     ransac_threshold: float = 4.0  # reprojection error (px at long_side) for a RANSAC inlier

@@ -31,7 +31,7 @@ from whales_identify.inputs.imaging import decode_image
 from whales_identify.matching import rules
 from whales_identify.matching.gallery import Gallery
 from whales_identify.matching.results import Evidence, Identification
-from whales_identify.matching.verify import KeypointFile, KeypointLookup, Keypoints, best_match, describe
+from whales_identify.matching.verify import KeypointFile, KeypointLookup, Keypoints, best_match, describe_query
 from whales_identify.model.engines import Engine, open_network
 from whales_identify.model.info import NetworkInfo
 from whales_identify.model.localiser import Localiser, grow_box, load_localiser
@@ -274,7 +274,7 @@ class Identifier:
         stored: dict[str, bytes],
     ) -> Identification:
         vc = self.verify_config
-        query = describe(photo, vc)
+        query = describe_query(photo, vc)
         sx, sy = photo.size[0] / query.size[0], photo.size[1] / query.size[1]
         bonus = np.zeros(len(individual), np.float32)
         verified = np.zeros(len(individual), bool)

@@ -14,7 +14,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -133,6 +133,11 @@ def describe(image: Image.Image | np.ndarray, cfg: VerifyConfig) -> Keypoints:
     levels = (1 << cfg.descriptor_bits) - 1
     quantised = np.round(np.minimum(root * _COMPONENT_SCALE, 1.0) * levels).astype(np.uint8)
     return Keypoints(xy, quantised, size, cfg.descriptor_bits)
+
+
+def describe_query(image: Image.Image | np.ndarray, cfg: VerifyConfig) -> Keypoints:
+    """The keypoints of the photo being identified: ``cfg.query_keypoints`` of them (0: ``max_keypoints``)."""
+    return describe(image, replace(cfg, max_keypoints=cfg.query_keypoints or cfg.max_keypoints))
 
 
 def ratio_matches(query: Keypoints, candidate: Keypoints, ratio: float) -> np.ndarray:
