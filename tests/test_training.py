@@ -130,3 +130,24 @@ def test_kept_samples_keep_the_ones_that_still_hold_and_name_the_pool_of_the_oth
     assert failed == [(1, NON_CETACEAN), (2, NEW_INDIVIDUAL), (3, NEW_INDIVIDUAL)]
     with pytest.raises(WhaleIdError, match="not in the data"):
         _kept_samples(frame, keep.assign(original=["gone.jpg"] * 4), counts, *(judge("x", True),) * 3)
+
+
+def test_gentle_species_learn_from_views_that_keep_their_detail() -> None:
+    """``gentle_species``: an aligned right-whale head crop is augmented gently (``views.ALIGNED``: no
+    distance, little blur or haze), so its views stay closer to the clean crop than field views do; other
+    species keep the field effects."""
+    from whales_identify.training.train import TrainItem, views_tensor
+
+    photo = Path(__file__).parent / "data" / "north_atlantic_right_whale_w_932.jpg"
+    model = ModelConfig()
+    gentle = TrainConfig(gentle_species="beluga, north_atlantic_right_whale")
+
+    def distance_to_clean(item: TrainItem, config: TrainConfig) -> float:
+        views = torch.cat([views_tensor(item, 4, model, config, seed) for seed in range(6)])
+        clean = views_tensor(item, 1, model, config, 0)[0]
+        return float((views - clean).abs().mean())
+
+    right_whale = TrainItem(photo, "w", "north_atlantic_right_whale", None)
+    assert distance_to_clean(right_whale, gentle) < 0.8 * distance_to_clean(right_whale, TrainConfig())
+    other = TrainItem(photo, "w", "fin_whale", None)  # not listed: the field views, seed for seed
+    assert torch.equal(views_tensor(other, 3, model, gentle, 5), views_tensor(other, 3, model, TrainConfig(), 5))

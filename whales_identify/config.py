@@ -102,6 +102,9 @@ class TrainConfig:
     species_balance: float = 0.5
     split: str = "individual"  # "individual": no photo of a validation/test animal is trained on; "photo"
     background_patches: int = 2  # hard negatives (sea, sky) cut beside the animal in each boxed photo
+    # Species (comma-separated) whose views are the gentle ``training/views.ALIGNED`` ones, not the field
+    # effects (distance, blur, haze): aligned close-ups whose fine pattern is the identity. "": none.
+    gentle_species: str = ""
     decode_long_side: int = 640  # photos are decoded as for identification, then cropped
     resume: bool = True  # continue from ``out``.resume.pt, written after every epoch, when it matches
     stop_after: int = 0  # >0: stop after this many epochs in this run (the same command continues later)

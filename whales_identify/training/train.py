@@ -50,7 +50,7 @@ from whales_identify.training.boxes import Box, training_boxes
 from whales_identify.training.data import load_dataset
 from whales_identify.training.metrics import ground_truth, map_at_5, top_k_accuracy
 from whales_identify.training.pretrained import load_imagenet_weights
-from whales_identify.training.views import background_patches, crop_around, field_view
+from whales_identify.training.views import ALIGNED, FIELD, FieldAugment, background_patches, crop_around, field_view
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -92,8 +92,16 @@ def training_items(
     return items
 
 
-def item_view(item: TrainItem, image: Image.Image, rng: random.Random, clean: bool, margin: float) -> Image.Image:
-    """The view of ``item`` the network learns from: clean (the inference crop) or field-augmented."""
+def item_view(
+    item: TrainItem,
+    image: Image.Image,
+    rng: random.Random,
+    clean: bool,
+    margin: float,
+    aug: FieldAugment = FIELD,
+) -> Image.Image:
+    """The view of ``item`` the network learns from: clean (the inference crop) or augmented by ``aug``
+    (the field effects; ``ALIGNED`` for the gentle species' close-ups)."""
     if item.patch >= 0:
         assert item.box is not None
         # The same patch every time for this item (a stable seed, unlike hash() of a string).
@@ -102,7 +110,7 @@ def item_view(item: TrainItem, image: Image.Image, rng: random.Random, clean: bo
         )
         patch = patches[0] if patches else image
         return patch if clean else field_view(patch, None, rng)
-    return crop_around(image, item.box, margin) if clean else field_view(image, item.box, rng)
+    return crop_around(image, item.box, margin) if clean else field_view(image, item.box, rng, aug)
 
 
 def views_tensor(
@@ -113,9 +121,11 @@ def views_tensor(
     image = decode_image(item.path, long_side=config.decode_long_side)
     rng = random.Random(seed)
     margin = model_config.crop_margin
+    gentle = item.species in {s.strip() for s in config.gentle_species.split(",") if s.strip()}
+    aug = ALIGNED if gentle else FIELD
     return torch.stack(
         [
-            to_tensor(item_view(item, image, rng, clean=first_clean and v == 0, margin=margin), model_config)
+            to_tensor(item_view(item, image, rng, clean=first_clean and v == 0, margin=margin, aug=aug), model_config)
             for v in range(n_views)
         ]
     )

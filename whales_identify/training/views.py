@@ -39,6 +39,23 @@ class FieldAugment:
     rotation: float = 10.0  # degrees
 
 
+FIELD = FieldAugment()  # the field effects, for every species not listed as gentle
+
+# Aligned close-ups (the right whales' aerial head crops): the pattern that identifies the animal fills
+# the photo, and the photos users bring of such animals are of the same kind, so their views keep its
+# detail: no distance effect, and blur, haze and glare rarely and lightly (``TrainConfig.gentle_species``).
+ALIGNED = FieldAugment(
+    margin=(0.2, 0.4),
+    shift=0.05,
+    distance_p=0.0,
+    blur_p=0.1,
+    blur_radius=(0.3, 1.0),
+    haze_p=0.1,
+    haze_alpha=(0.05, 0.2),
+    glare_p=0.05,
+)
+
+
 def crop_around(
     image: Image.Image, box: Box | None, margin: float, shift: tuple[float, float] = (0.0, 0.0)
 ) -> Image.Image:
