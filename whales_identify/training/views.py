@@ -71,9 +71,7 @@ def crop_around(
     return image.crop((left, top, right, bottom))
 
 
-def field_view(
-    image: Image.Image, box: Box | None, rng: random.Random, aug: FieldAugment = FieldAugment()
-) -> Image.Image:
+def field_view(image: Image.Image, box: Box | None, rng: random.Random, aug: FieldAugment = FIELD) -> Image.Image:
     """One augmented view of the animal in ``box`` (None: the whole photo is the animal)."""
     shift = (rng.uniform(-aug.shift, aug.shift), rng.uniform(-aug.shift, aug.shift))
     view = crop_around(image, box, rng.uniform(*aug.margin), shift).convert("RGB")
