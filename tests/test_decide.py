@@ -107,6 +107,29 @@ def test_a_photo_far_from_every_individual_is_a_new_individual(gallery: Gallery)
     assert not stricter.new_individual  # the threshold, not anything else, made it new
 
 
+def test_a_stated_share_of_catalogued_photos_moves_the_new_individual_decision(gallery: Gallery) -> None:
+    """The best score lies 0.06 under the threshold 0.6: "new" at half and half. A population re-sighted year
+    after year (0.9: the odds move by 9, the threshold by -ln 9 / 10 = -0.22) answers A; a survey of mostly
+    unknown animals (0.3) stays new. At 0.5 the threshold is the tuned one, unmoved."""
+    query = unit(0.54, 0, 0, float(np.sqrt(1 - 0.54**2)))  # 0.54 like A's photo, 0.54 like A's prototype
+    s = scores_for(gallery, query)
+    assert rules.individual_scores(gallery, s, CONFIG)[0] == pytest.approx(0.54, abs=1e-5)
+    assert rules.decision_threshold(CONFIG) == CONFIG.new_individual_threshold  # 0.5: exactly as tuned
+    answers = {
+        share: rules.decide(gallery, s, SPECIES, replace(CONFIG, catalogued_share=share)).answer
+        for share in (0.3, 0.5, 0.9)
+    }
+    assert answers == {0.3: NEW_INDIVIDUAL, 0.5: NEW_INDIVIDUAL, 0.9: "A"}
+    assert rules.prior_shift(replace(CONFIG, catalogued_share=0.9)) == pytest.approx(-np.log(9) / 10)
+    # fused scores move by their own temperature
+    fused = replace(CONFIG, catalogued_share=0.9, verify_new_individual_threshold=0.8, verify_temperature=20.0)
+    assert rules.decision_threshold(fused, verified=True) == pytest.approx(0.8 - np.log(9) / 20)
+    # the other way: the same photo 0.06 above the threshold is new when nearly every photo is of a new animal
+    above = scores_for(gallery, unit(0.66, 0, 0, float(np.sqrt(1 - 0.66**2))))
+    assert rules.decide(gallery, above, SPECIES, CONFIG).answer == "A"
+    assert rules.decide(gallery, above, SPECIES, replace(CONFIG, catalogued_share=0.1)).answer == NEW_INDIVIDUAL
+
+
 def test_species_head_alone_or_blended_with_the_nearest_photos(gallery: Gallery) -> None:
     s = scores_for(gallery, E[2], logits=(1.0, 0.0, -3.0))  # head says humpback; the photo is C, a beluga
     head_only = rules.species_distribution(gallery, s, SPECIES, CONFIG)
@@ -138,6 +161,18 @@ def test_tune_chooses_from_candidates_and_leaves_the_base_config_alone(gallery: 
     assert log["val_map5_balanced"] == pytest.approx(1.0)
     for query, truth in zip(queries, ["A", "C", NEW_INDIVIDUAL], strict=True):
         assert rules.decide(gallery, query, SPECIES, tuned).answer == truth
+
+
+def test_tune_chooses_half_and_half_thresholds_and_keeps_the_stated_share(gallery: Gallery) -> None:
+    """A settings file stating 0.9 must not shift the thresholds being tuned: they are the half-and-half
+    ones that the share then moves. The tuned settings keep the file's share."""
+    queries = [scores_for(gallery, unit(1, 0.05, 0, 0)), scores_for(gallery, unit(0.05, 0.02, 1, 0))]
+    queries += [scores_for(gallery, unit(0.4, 0.4, 0.1, 0.8))]
+    args = (gallery, queries, SPECIES, ["A", "C", "Z"], ["humpback_whale", "beluga", "beluga"])
+    at_half, _ = tune(CONFIG, *args)
+    stated, _ = tune(replace(CONFIG, catalogued_share=0.9), *args)
+    assert stated.catalogued_share == 0.9
+    assert replace(stated, catalogued_share=0.5) == at_half
 
 
 def test_constrained_best_keeps_catalogued_animals_out_of_new_where_it_can() -> None:

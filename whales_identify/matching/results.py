@@ -73,6 +73,9 @@ class Identification:
     # Keypoint evidence for the candidates the verification stage checked (best first); empty when
     # verification did not run (not asked for, another species, no keypoints in the catalogue).
     evidence: tuple[Evidence, ...] = ()
+    # The score below which the answer was new_individual (the fused scores' own when verification ran),
+    # moved by the stated catalogued_share (``rules.decision_threshold``); None when nothing was scored.
+    new_individual_threshold: float | None = None
 
     def evidence_for(self, individual_id: str) -> Evidence | None:
         """The keypoint evidence for one candidate, if it was checked."""
@@ -142,6 +145,9 @@ class Identification:
             "photo_size": list(self.photo_size) if self.photo_size else None,
             "verified": self.verified,
             "evidence": [e.to_dict() for e in self.evidence],
+            "new_individual_threshold": None
+            if self.new_individual_threshold is None
+            else round(self.new_individual_threshold, 4),
         }
         if with_embedding:
             data["embedding"] = [round(float(v), 6) for v in self.embedding]

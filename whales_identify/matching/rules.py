@@ -87,22 +87,40 @@ def verification(inliers: np.ndarray, cfg: VerifyConfig) -> Verified:
     return Verified(verification_bonus(inliers, cfg), np.asarray(inliers) >= cfg.verified_inliers)
 
 
-def new_individual_threshold(config: InferenceConfig, verified: bool = False) -> float:
-    """The score below which the answer is ``new_individual``: fused scores have their own."""
-    return config.verify_new_individual_threshold if verified else config.new_individual_threshold
-
-
-def individual_log_probabilities(individual: np.ndarray, config: InferenceConfig, verified: bool = False) -> np.ndarray:
-    """Log-probabilities over the gallery's individuals plus, last, ``new_individual`` (scored at the threshold).
-    ``verified``: the scores are fused with keypoint evidence (their own threshold and temperature)."""
-    temperature = config.verify_temperature if verified else config.temperature
-    return log_softmax(np.append(individual, new_individual_threshold(config, verified)) * temperature)
-
-
 def logit(p: float) -> float:
     """log(p / (1 - p)), finite for any p in [0, 1] (p is clipped a hair away from 0 and 1)."""
     q = min(max(float(p), 1e-9), 1.0 - 1e-9)
     return math.log(q / (1.0 - q))
+
+
+def new_individual_threshold(config: InferenceConfig, verified: bool = False) -> float:
+    """The tuned score of ``new_individual`` (at ``catalogued_share`` 0.5): fused scores have their own."""
+    return config.verify_new_individual_threshold if verified else config.new_individual_threshold
+
+
+def prior_shift(config: InferenceConfig, verified: bool = False) -> float:
+    """How far a stated ``catalogued_share`` moves the new-individual threshold, in score units.
+
+    The softmax over the individuals and ``new_individual`` (scored at the threshold, at the temperature)
+    is the odds that the photo shows a catalogued animal; a share moves those odds by share / (1 - share)
+    against the half-and-half tuned on, which is the threshold moved by -logit(share) / temperature:
+    a population re-sighted year after year (0.9) asks for stronger evidence before "new". 0 at 0.5."""
+    temperature = config.verify_temperature if verified else config.temperature
+    return -logit(config.catalogued_share) / temperature
+
+
+def decision_threshold(config: InferenceConfig, verified: bool = False) -> float:
+    """The best score below which the answer is ``new_individual``: the tuned threshold under the stated prior."""
+    return new_individual_threshold(config, verified) + prior_shift(config, verified)
+
+
+def individual_log_probabilities(individual: np.ndarray, config: InferenceConfig, verified: bool = False) -> np.ndarray:
+    """Log-probabilities over the gallery's individuals plus, last, ``new_individual`` (scored at the tuned
+    threshold whatever the stated share: the calibration maps were fitted on these and apply the share
+    themselves, ``calibrated_probability``). ``verified``: the scores are fused with keypoint evidence
+    (their own threshold and temperature)."""
+    temperature = config.verify_temperature if verified else config.temperature
+    return log_softmax(np.append(individual, new_individual_threshold(config, verified)) * temperature)
 
 
 def calibration_fields(answered_new: bool, verified: bool = False) -> tuple[str, str]:
@@ -205,7 +223,8 @@ def decide(
     order = top_k(individual, config.top_k)
     confirmed = verification is not None and len(order) > 0 and bool(verification.verified[order[0]])
     best = float(individual[order[0]]) if len(order) else -1.0
-    answered_new = not rejected and best < new_individual_threshold(config, fused) and not confirmed
+    threshold = decision_threshold(config, fused)
+    answered_new = not rejected and best < threshold and not confirmed
     if not rejected and len(order):
         answer = len(probabilities) - 1 if answered_new else int(order[0])
         probabilities = calibrate_answer(probabilities, answer, answered_new, config, fused)
@@ -228,6 +247,7 @@ def decide(
         rejection_reason=f"this does not look like a whale or dolphin (P = {p_non:.2f})" if rejected else "",
         embedding=scores.embedding,
         species_probabilities={n: float(p) for n, p in zip(species_names, species_p, strict=True)},
+        new_individual_threshold=threshold,
     )
 
 
