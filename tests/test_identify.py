@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import sample_photo
 
+from whales_identify.batch.local import identify_entries
 from whales_identify.config import DEFAULT_SPECIES_MAP, NEW_INDIVIDUAL, NON_CETACEAN
 from whales_identify.errors import InvalidImageError
+from whales_identify.inputs.archive import ArchiveEntry
+from whales_identify.matching import rules
 
 
 def test_samples_cover_known_new_and_negative(samples, known_samples) -> None:
@@ -91,3 +96,22 @@ def test_checkpoint_carries_what_reproduces_it(identifier) -> None:
     assert meta["individuals"] and meta["species"] and NON_CETACEAN in meta["species"]
     assert "train" in meta["command"] and meta["train_config"]["seed"] is not None
     assert identifier.gallery.model_version == identifier.model_version
+
+
+def test_one_call_can_be_decided_under_a_stated_share_without_changing_the_shared_rules(identifier) -> None:
+    """A user who says nearly every photo shows a catalogued animal asks for stronger evidence before
+    "new": the unseen sample, new under the shipped half-and-half, is then named (its best score is above the
+    moved threshold), one photo alone or in a batch; the identifier's own rules stay as tuned."""
+    photo = sample_photo("unseen")
+    shipped = identifier.identify(photo, verify=False)
+    assert shipped.new_individual
+    assert shipped.new_individual_threshold == pytest.approx(identifier.config.new_individual_threshold)
+    sure = replace(identifier.config, catalogued_share=0.999)
+    assert shipped.top5[0].score > rules.decision_threshold(sure)  # what makes this photo a good case
+    moved = identifier.identify(photo, verify=False, config=sure)
+    assert not moved.new_individual and moved.answer == shipped.top5[0].individual_id
+    assert moved.new_individual_threshold == pytest.approx(rules.decision_threshold(sure))
+    [row] = list(identify_entries(identifier, [ArchiveEntry(photo.name, photo.read_bytes())], config=sure))
+    assert row.individual_id == moved.answer and row.probability == pytest.approx(moved.answer_probability, abs=1e-4)
+    assert identifier.config.catalogued_share == 0.5
+    assert identifier.identify(photo, verify=False).new_individual

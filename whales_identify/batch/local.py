@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from whales_identify.config import InferenceConfig
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import ArchiveEntry, iter_photos
 from whales_identify.inputs.exif import read_metadata
@@ -102,9 +103,11 @@ def identify_entries(
     batch_size: int | None = None,
     on_row: Callable[[BatchRow], None] | None = None,
     verify: bool = False,
+    config: InferenceConfig | None = None,
 ) -> Iterator[BatchRow]:
     """Identify every readable photo; skipped entries and bad photos become rows too. ``verify``: the
     keypoint verification stage for each photo (``Identifier.identify_many``; slower, off by default).
+    ``config``: other rules for this batch (e.g. a stated ``catalogued_share``; default the tuned ones).
 
     Each outcome is matched with its photo's bytes (for the date and GPS) by position, never by name:
     ``identify_many`` answers in input order, and two entries may carry the same name (a caller's own
@@ -121,7 +124,7 @@ def identify_entries(
             yield entry.name, entry.data
 
     skipped: list[BatchRow] = []
-    for name, outcome in identifier.identify_many(photos(), batch_size=batch_size, verify=verify):
+    for name, outcome in identifier.identify_many(photos(), batch_size=batch_size, verify=verify, config=config):
         while skipped:
             row = skipped.pop(0)
             _emit(row, on_row)

@@ -44,7 +44,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SHARE",
         help="share of your photos that show animals already in the catalogue (e.g. 0.9 for a population "
-        "re-sighted every year): the probabilities are calibrated for it (default: the settings file's, 0.5)",
+        "re-sighted every year): the new-individual threshold moves and the probabilities are calibrated for it "
+        "(default: the settings file's, 0.5)",
     )
 
 

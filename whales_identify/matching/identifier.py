@@ -322,13 +322,20 @@ class Identifier:
         return replace(decided, evidence=ordered)
 
     # --- convenience -----------------------------------------------------------------
-    def identify(self, source: ImageSource, verify: bool = True) -> Identification:
+    def identify(
+        self, source: ImageSource, verify: bool = True, config: InferenceConfig | None = None
+    ) -> Identification:
         """Identify one photo (path, bytes or PIL image). ``verify``: check the shortlist by keypoints
-        (for the species ``VerifyConfig.species``; about 0.15 s more a photo)."""
-        return self.answer([self.prepare_input(source)], verify=verify)[0]
+        (for the species ``VerifyConfig.species``; about 0.15 s more a photo). ``config``: other rules for
+        this call (e.g. a user's stated ``catalogued_share``); default the tuned ones."""
+        return self.answer([self.prepare_input(source)], verify=verify, config=config)[0]
 
     def answer(
-        self, images: list[Image.Image], threads: int | None = None, verify: bool = False
+        self,
+        images: list[Image.Image],
+        threads: int | None = None,
+        verify: bool = False,
+        config: InferenceConfig | None = None,
     ) -> list[Identification]:
         """Decoded photos → answers. A frame with nothing in it (uniform, smooth, noise) is refused
         by the content gate before the network, which would answer it with confident nonsense.
@@ -342,11 +349,15 @@ class Identifier:
                 answers.append(rules.nothing_to_identify(reason))
                 continue
             output, image = next(outputs)
-            answers.append(self.decide(output, photo=image if verify else None))
+            answers.append(self.decide(output, config=config, photo=image if verify else None))
         return answers
 
     def identify_many(
-        self, sources: Iterable[tuple[str, ImageSource]], batch_size: int | None = None, verify: bool = False
+        self,
+        sources: Iterable[tuple[str, ImageSource]],
+        batch_size: int | None = None,
+        verify: bool = False,
+        config: InferenceConfig | None = None,
     ) -> Iterator[tuple[str, Identification | WhaleIdError]]:
         """Identify a stream of named photos, in input order; a bad photo yields its error, the rest go on.
 
@@ -354,7 +365,8 @@ class Identifier:
         ``SpeedConfig.batch_workers`` threads side by side (decoding and ONNX Runtime
         release the GIL), with a bounded number of chunks in flight, so memory stays
         flat however long the stream is. ``verify``: the verification stage for each photo (off by
-        default: it costs about 0.15 s a right-whale photo, the fast path a few milliseconds).
+        default: it costs about 0.15 s a right-whale photo, the fast path a few milliseconds). ``config``:
+        other rules for every photo of this batch (default: the tuned ones).
         """
         chunk_size, workers, threads = self.batch_plan(batch_size)
         in_flight: deque[Future] = deque()
@@ -367,12 +379,12 @@ class Identifier:
                 for item in sources:
                     chunk.append(item)
                     if len(chunk) == chunk_size:
-                        in_flight.append(pool.submit(self._identify_chunk, chunk, threads, verify))
+                        in_flight.append(pool.submit(self._identify_chunk, chunk, threads, verify, config))
                         chunk = []
                         while len(in_flight) > CHUNKS_AHEAD_PER_WORKER * workers:
                             yield from in_flight.popleft().result()
                 if chunk:
-                    in_flight.append(pool.submit(self._identify_chunk, chunk, threads, verify))
+                    in_flight.append(pool.submit(self._identify_chunk, chunk, threads, verify, config))
                 while in_flight:
                     yield from in_flight.popleft().result()
             finally:  # also when the caller stops early or an error escapes: queued chunks are dropped
@@ -392,7 +404,11 @@ class Identifier:
         return (CHUNKS_AHEAD_PER_WORKER * workers + 2) * chunk_size
 
     def _identify_chunk(
-        self, chunk: list[tuple[str, ImageSource]], threads: int | None, verify: bool = False
+        self,
+        chunk: list[tuple[str, ImageSource]],
+        threads: int | None,
+        verify: bool = False,
+        config: InferenceConfig | None = None,
     ) -> list[tuple[str, Identification | WhaleIdError]]:
         """One chunk, start to finish, on a worker thread."""
         outcomes: list[Identification | WhaleIdError | None] = []
@@ -405,7 +421,8 @@ class Identifier:
                 outcomes.append(None)
             except WhaleIdError as exc:
                 outcomes.append(exc)
-        for position, answer in zip(positions, self.answer(images, threads=threads, verify=verify), strict=True):
+        answers = self.answer(images, threads=threads, verify=verify, config=config)
+        for position, answer in zip(positions, answers, strict=True):
             outcomes[position] = answer
         return [(name, outcome) for (name, _), outcome in zip(chunk, outcomes, strict=True)]  # type: ignore[misc]
 
