@@ -58,7 +58,8 @@ def top5_chart(result: Identification, height: int = 230) -> alt.Chart:
 
 
 def score_chart(result: Identification, threshold: float, height: int = 200) -> alt.Chart:
-    """Similarity score of each candidate with the tuned new-individual threshold as a rule."""
+    """Score of each candidate (fused with keypoint evidence when it was checked) with the new-individual
+    threshold that decided the answer as a rule."""
     frame = top5_frame(result)
     frame = frame[frame["kind"] == "Catalogue individual"]
     bars = (
@@ -68,7 +69,7 @@ def score_chart(result: Identification, threshold: float, height: int = 200) -> 
             y=alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=200)),
             x=alt.X(
                 "score:Q",
-                title="Similarity score (cosine)",
+                title="Score (cosine + keypoint evidence)" if result.evidence else "Similarity score (cosine)",
                 scale=alt.Scale(domain=[min(0.0, frame["score"].min() if len(frame) else 0), 1]),
             ),
             tooltip=[alt.Tooltip("individual:N"), alt.Tooltip("score:Q", format=".3f")],

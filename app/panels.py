@@ -13,6 +13,7 @@ import streamlit as st
 from PIL import Image
 
 from app.charts import positions_map, score_chart
+from app.prior import LABEL
 from app.state import PhotoResult, services
 from app.view_model import actor_name, md_escape, percent, position_text, rejection_text, species_label, taken_text
 from whales_identify.catalog.enrol import enrol_photo
@@ -76,19 +77,30 @@ def answer_header(result: Identification) -> None:
         )
 
 
-def decision_note(result: Identification, threshold: float, catalogue_size: int) -> None:
+def decision_note(result: Identification, catalogue_size: int, share: float) -> None:
+    """How the answer was reached: the scores against the threshold that decided it (the fused scores'
+    own when keypoints were checked), under the share of catalogued photos stated in the sidebar."""
     if catalogue_size == 0:
         st.info("The catalogue is empty, so every photo is a new individual.")
         return
+    threshold = result.new_individual_threshold
     with st.expander("How the decision is made"):
+        fused = ", plus the keypoint evidence of the right-whale candidates checked" if result.evidence else ""
+        line = (
+            f"When no individual scores above **{threshold:.2f}**, the answer is *new individual*; that line is "
+            f"placed for photos of which **{share:.0%}** show catalogued animals (*{LABEL}*, in the "
+            "sidebar: a higher share moves it down, a lower one up)."
+            if threshold is not None
+            else ""
+        )
         st.markdown(
             "Each catalogue individual gets a **similarity score** (cosine between this photo's embedding and "
-            "the individual's closest photo, blended with its learned centre). Scores become probabilities "
-            f"together with a *new individual* option whose score is the tuned threshold **{threshold:.2f}**: "
-            "when no individual scores above it, the answer is *new individual*. All bars in the chart above "
-            "come from that one distribution (the rest of the catalogue holds the remainder)."
+            f"the individual's closest photo, blended with its learned centre{fused}). Scores become "
+            "probabilities together with a *new individual* option. "
+            f"{line} All bars in the chart above come from that one distribution (the rest of the catalogue "
+            "holds the remainder)."
         )
-        if result.top5:
+        if result.top5 and threshold is not None:
             st.altair_chart(score_chart(result, threshold), width="stretch")
 
 

@@ -25,11 +25,13 @@ from PIL import Image
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
+from app import prior
 from app.config import AppConfig
 from app.view_model import md_escape, species_label
 from whales_identify.batch.local import BatchRow
 from whales_identify.catalog.review import ReviewDecision
 from whales_identify.catalog.store import default_path
+from whales_identify.config import InferenceConfig
 from whales_identify.errors import WhaleIdError
 from whales_identify.inputs.archive import is_image_name
 from whales_identify.inputs.exif import PhotoMetadata, read_metadata
@@ -89,6 +91,7 @@ class BatchState:
     finished: bool = False  # every row arrived
     stopped: str = ""  # why it ended early ("you pressed Stop", "the page was left or reloaded")
     refused: int = 0  # files refused before reading (too large, damaged ZIP): rows, but not photos
+    catalogued_share: float = 0.5  # the share of catalogued photos stated when it ran (app/prior.py)
     # Review (app/review.py): each photo's SHA-256 (its bytes are read again from the uploads to save it),
     # the reviewer's verdicts, those already saved (file -> what was saved), the photo on screen.
     sha256: dict[str, str] = field(default_factory=dict)
@@ -137,7 +140,7 @@ def why_batch_ended(exc: BaseException) -> str:
 # Every key the app itself keeps in st.session_state, and how to make its default. Widget keys
 # (``key=`` of an uploader, slider, selectbox...) belong to their widgets and are not listed.
 SESSION_DEFAULTS: dict[str, Callable[[], Any]] = {
-    "photo_results": OrderedDict,  # Identify: digest -> PhotoResult, newest last, at most results_kept
+    "photo_results": OrderedDict,  # Identify: "digest:share" -> PhotoResult, newest last, at most results_kept
     "identify_active": lambda: None,  # Identify: (source, name, bytes) of the photo shown
     "identify_seen_upload": lambda: None,  # Identify: file id of the upload last taken in
     "identify_seen_camera": lambda: None,  # Identify: file id of the camera shot last taken in
@@ -193,13 +196,14 @@ class PhotoResult:
     seconds: float = 0.0
 
 
-def analyse_photo(identifier: Identifier, name: str, data: bytes) -> PhotoResult:
-    """Identify one photo and mask it; errors become ``.error`` (the package's message)."""
+def analyse_photo(identifier: Identifier, name: str, data: bytes, config: InferenceConfig | None = None) -> PhotoResult:
+    """Identify one photo and mask it; errors become ``.error`` (the package's message). ``config``: the
+    rules under the share the user stated (``app/prior.py``); None: the tuned ones."""
     out = PhotoResult(name=name, key=digest(data), data=data, metadata=read_metadata(data))
     start = time.perf_counter()
     try:
         out.image = identifier.prepare(data)  # display size: the mask and the overlay
-        out.result = identifier.identify(data)  # decodes again, straight to the network's size
+        out.result = identifier.identify(data, config=config)  # decodes again, straight to the network's size
     except WhaleIdError as exc:
         out.error = str(exc)
         return out
@@ -217,15 +221,17 @@ def analyse_photo(identifier: Identifier, name: str, data: bytes) -> PhotoResult
 
 
 def photo_result(name: str, data: bytes) -> PhotoResult:
-    """The result for these bytes, from this session's memory when already computed."""
+    """The result for these bytes under the share stated in the sidebar, from this session's memory when
+    already computed (another share is another answer: computed once too)."""
     store: OrderedDict[str, PhotoResult] = st.session_state["photo_results"]
-    key = digest(data)
+    identifier = get_identifier()
+    share = prior.stated_share(identifier.config.catalogued_share)
+    key = f"{digest(data)}:{share}"
     if key in store:
         store.move_to_end(key)
         return store[key]
-    identifier = get_identifier()
     with st.spinner(f"Identifying {md_escape(name)}…"):
-        result = analyse_photo(identifier, name, data)
+        result = analyse_photo(identifier, name, data, config=prior.rules_under(identifier.config, share))
     store[key] = result
     while len(store) > app_config().results_kept:
         store.popitem(last=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import ast_guard, housekeeping, warmup
-from app.state import init_session_state
+from app import ast_guard, housekeeping, prior, warmup
+from app.state import app_config, init_session_state
 
 ast_guard.install()  # before the warm-up thread starts: page scripts and numpy's headers are parsed at once
 st.set_page_config(page_title="Whale & dolphin ID", page_icon="🐋", layout="wide")
@@ -32,4 +32,5 @@ navigation = st.navigation(
 )
 with st.sidebar:
     st.caption("Photo-identification of whales and dolphins. Runs entirely offline; photos never leave this server.")
+    prior.share_control(prior.default_share(app_config().inference_config))  # read by Identify and Batch
 navigation.run()

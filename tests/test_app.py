@@ -13,14 +13,17 @@ import re
 import tomllib
 import zipfile
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import sample_photo
 from streamlit.testing.v1 import AppTest
 
 from app import state
 from app.config import AppConfig
 from whales_identify.config import ImageLimits
+from whales_identify.matching import rules
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +66,10 @@ def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
     parts += [i.value for i in at.info] + [w.value for w in at.warning] + [s.value for s in at.success]
     return "\n".join(_plain(p) for p in parts)
+
+
+def _has_button(at: AppTest, key: str) -> bool:
+    return any(b.key == key for b in at.button)
 
 
 def _no_failure(at: AppTest) -> None:
@@ -1011,3 +1018,66 @@ def test_the_batch_verifies_right_whales_only_when_asked(verify: bool) -> None:
     assert len(rows) == len(photos)
     checked = [r.inliers is not None for r in rows]
     assert all(checked) if verify else not any(checked), [(r.file, r.inliers) for r in rows]
+
+
+# --- the share of catalogued photos the user states (sidebar) ------------------------------------------------
+def test_the_share_stated_in_the_sidebar_decides_each_photo_once_per_share(identifier, analyse_calls) -> None:
+    """Each share is its own answer, computed once: back to a share already seen comes from memory. The
+    answer's threshold is the one the package moved for that share, and the page says which it is."""
+    photo = sample_photo("unseen")
+    at = _app()
+    control = at.selectbox(key="catalogued_share")
+    assert control.value == identifier.config.catalogued_share  # the settings file's, until the user picks
+    at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    at.selectbox(key="catalogued_share").set_value(0.9).run()
+    at.selectbox(key="catalogued_share").set_value(0.5).run()
+    _no_failure(at)
+    assert analyse_calls == [photo.name, photo.name]
+    kept = at.session_state["photo_results"]
+    assert sorted(key.rsplit(":", 1)[1] for key in kept) == ["0.5", "0.9"]
+    for key, result in kept.items():
+        share = float(key.rsplit(":", 1)[1])
+        rules_now = replace(identifier.config, catalogued_share=share)
+        verified = bool(result.result.evidence)
+        assert result.result.new_individual_threshold == pytest.approx(rules.decision_threshold(rules_now, verified))
+    assert "of which **50%** show catalogued animals" in _texts(at)
+
+
+def test_a_batch_is_answered_under_the_share_stated_and_offers_to_run_again_when_it_changes(identifier) -> None:
+    photo = sample_photo("unseen")
+    at = _app()
+    at.selectbox(key="catalogued_share").set_value(0.9).run()
+    at.switch_page("views/batch.py").run()
+    at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    at.button(key="batch_start").click().run()
+    _no_failure(at)
+    batch = at.session_state["batch"]
+    [row] = [r for r in batch.rows if r.status == "ok"]
+    expected = identifier.identify(photo, verify=False, config=replace(identifier.config, catalogued_share=0.9))
+    assert batch.catalogued_share == 0.9 and batch.finished
+    assert row.individual_id == expected.answer
+    assert row.probability == pytest.approx(expected.answer_probability, abs=1e-4)
+    assert "90% show catalogued animals" in _texts(at)
+    at.run()  # the next rerun (the run that identified still drew the button it was started by)
+    assert not _has_button(at, "batch_start"), "done, with the share stated: nothing to run again"
+    at.selectbox(key="catalogued_share").set_value(0.1).run()
+    assert _has_button(at, "batch_start"), "another share: the batch can be run again"
+    assert "The sidebar now says otherwise" in _texts(at)
+
+
+def test_the_share_control_keeps_the_settings_files_own_share_and_changes_nothing_it_already_assumes(
+    tmp_path: Path,
+) -> None:
+    from app import prior
+    from whales_identify.config import InferenceConfig
+
+    settings = tmp_path / "inference.yaml"
+    settings.write_text("catalogued_share: 0.8\n")
+    assert prior.default_share(str(settings)) == 0.8
+    assert prior.label(0.8) == "80% · the settings file's" and prior.label(0.9) == prior.PRESETS[0.9]
+    settings_broken = tmp_path / "broken.yaml"
+    settings_broken.write_text("catalogued_share: 1.5\n")
+    assert prior.default_share(str(settings_broken)) == 0.5  # refused by the package: the shipped assumption
+    shipped = InferenceConfig()
+    assert prior.rules_under(shipped, shipped.catalogued_share) is None
+    assert prior.rules_under(shipped, 0.9) == replace(shipped, catalogued_share=0.9)

@@ -422,8 +422,8 @@ def test_evidence_draws_the_matched_keypoints_and_says_verified(monkeypatch: pyt
 
     original = state.analyse_photo
 
-    def with_evidence(identifier, name, data):
-        out = original(identifier, name, data)
+    def with_evidence(identifier, name, data, config=None):
+        out = original(identifier, name, data, config=config)
         result: Identification = out.result
         best: Candidate = result.top5[0]
         store = ComparisonPhotos(bundled=identifier.gallery)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pandas as pd
 import streamlit as st
 
-from app import charts, panels
+from app import charts, panels, prior
 from app import view_model as vm
 from app.guard import run_guarded
 from app.review import review_column, review_section
@@ -121,6 +121,7 @@ def _run(files, signature: tuple[tuple[str, int, str], ...], verify: bool = Fals
     identifier = get_identifier()
     sources, rows, total = _plan(files)
     batch = BatchState(signature=signature, rows=rows, refused=len(rows), photos=_count_photos(files))
+    batch.catalogued_share = prior.stated_share(identifier.config.catalogued_share)
     batch.files = total + len(rows)
     set_batch_state(batch)  # partial results survive whatever ends this run
     stash: dict[str, bytes] = {}
@@ -152,7 +153,8 @@ def _run(files, signature: tuple[tuple[str, int, str], ...], verify: bool = Fals
             text=f"{done} / {total} files · {vm.duration(elapsed)} elapsed · about {vm.duration(left)} left",
         )
 
-    stream = identify_entries(identifier, _entries(sources, stash), on_row=on_row, verify=verify)
+    rules = prior.rules_under(identifier.config, batch.catalogued_share)
+    stream = identify_entries(identifier, _entries(sources, stash), on_row=on_row, verify=verify, config=rules)
     try:
         for _ in stream:
             pass
@@ -266,6 +268,12 @@ def _summary(batch: BatchState, frame: pd.DataFrame) -> None:
     cols[5].metric(
         "Time", vm.duration(batch.seconds), f"{per:.2f} s per photo", delta_color="off", delta_arrow="off", border=True
     )
+    stated = prior.stated_share(batch.catalogued_share)
+    again = "" if stated == batch.catalogued_share else " The sidebar now says otherwise: **Identify** applies it."
+    st.caption(
+        f"Answered for photos of which {batch.catalogued_share:.0%} show catalogued animals "
+        f"(*{prior.LABEL}*, in the sidebar).{again}"
+    )
 
 
 def _look_closer(batch: BatchState, shown: pd.DataFrame, event) -> None:
@@ -308,7 +316,8 @@ def body() -> None:
         batch.stopped = STOPPED_BY_USER  # this run was caused by the Stop button, which ended the batch
     if files:
         signature = tuple((f.name, f.size, getattr(f, "file_id", "")) for f in files)
-        if batch is None or batch.signature != signature or not batch.finished:
+        other_share = batch is not None and batch.catalogued_share != prior.stated_share(batch.catalogued_share)
+        if batch is None or batch.signature != signature or not batch.finished or other_share:
             photos = _count_photos(files)
             label = f"Identify {vm.plural(photos, 'photo')}" if photos else f"Identify {vm.plural(len(files), 'file')}"
             verify = st.checkbox(

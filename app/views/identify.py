@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, panels, warmup
+from app import charts, panels, prior, warmup
 from app import view_model as vm
 from app.comparison import comparison_panel
 from app.guard import run_guarded
@@ -106,7 +106,8 @@ def body() -> None:
             st.markdown("**Top 5 candidates and *new individual***")
             st.altair_chart(charts.top5_chart(result), width="stretch")
             st.caption(charts.CHART_KEY)
-            panels.decision_note(result, identifier.config.new_individual_threshold, len(identifier.gallery))
+            share = prior.stated_share(identifier.config.catalogued_share)
+            panels.decision_note(result, len(identifier.gallery), share)
         else:
             with st.expander("Show the closest catalogue matches anyway"):
                 st.altair_chart(charts.top5_chart(result), width="stretch")
