@@ -26,7 +26,8 @@ SETTLED = """() => {
     const app = document.querySelector("[data-testid='stApp']");
     const main = document.querySelector("[data-testid='stMain']");
     if (!app || !main || app.getAttribute("data-test-script-state") !== "notRunning") return false;
-    const shown = (el) => el.getClientRects().length > 0;
+    // In a closed expander (<details>) a chart is laid out at zero height and never drawn: not shown.
+    const shown = (el) => el.getClientRects().length > 0 && !el.closest("details:not([open])");
     const images = [...main.querySelectorAll("img")].filter(shown);
     const charts = [...main.querySelectorAll("[data-testid='stVegaLiteChart']")].filter(shown);
     return images.every((img) => img.complete && img.naturalWidth > 0)

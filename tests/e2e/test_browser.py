@@ -22,6 +22,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -386,6 +387,43 @@ def test_other_pages(page, server, shots):
         page.locator("h1").filter(has_text=title).first.wait_for()
         _settled(page)
         page.screenshot(path=str(shots / shot), full_page=True)
+
+
+def test_the_share_stated_in_the_sidebar_moves_where_new_begins(page, server, shots):
+    """A re-sighted population (90 % catalogued): the same photo is answered again, and the decision note
+    gives the lower threshold that share asks for."""
+    from conftest import sample_photo
+
+    from whales_identify.config import InferenceConfig
+    from whales_identify.matching import rules
+
+    page.goto(server)
+    page.get_by_text("Upload a photo, take one with the camera").wait_for()
+    _upload(page, str(sample_photo("unseen")))
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("of which 50% show catalogued animals").first.wait_for(state="attached")
+    _settled(page)
+    sidebar = page.locator("[data-testid='stSidebar']")
+    sidebar.locator("[data-testid='stSelectbox']").filter(has_text="Catalogued animals in your photos").click()
+    page.get_by_role("option", name="90 % · mostly re-sightings").click()
+    note = main.get_by_text("of which 90% show catalogued animals").first
+    note.wait_for(state="attached")
+    _settled(page)
+    shipped = InferenceConfig.load()
+    lower = rules.decision_threshold(replace(shipped, catalogued_share=0.9))
+    assert lower < shipped.new_individual_threshold
+    assert f"scores above {lower:.2f}" in note.text_content()
+    main.get_by_text("How the decision is made").first.click()
+    main.locator("details[open] [data-testid='stVegaLiteChart'] svg").first.wait_for()  # the scores, drawn
+    page.wait_for_function(  # ... and the expander done opening: the chart inside its box, not clipped
+        """() => { const c = document.querySelector("details[open] [data-testid='stVegaLiteChart']");
+                   const d = c && c.closest("[data-testid='stExpander']");
+                   return d && c.getBoundingClientRect().bottom <= d.getBoundingClientRect().bottom; }""",
+        timeout=TIMEOUT_MS,
+        polling=100,
+    )
+    _settled(page)
+    page.screenshot(path=str(shots / "15_identify_share_stated.png"), full_page=True)
 
 
 def test_a_photo_without_a_cetacean_is_explained(page, server, shots):
