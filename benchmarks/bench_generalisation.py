@@ -178,11 +178,13 @@ def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: i
         }
         for name, g in groups.items()
     }
+    scored = scored_queries(identifier, frame, outputs, protocol, gallery)
     return {
         "protocol": protocol_summary(frame, protocol),
         "groups": summary,
         **answer_reliability(identifier, frame, outputs, protocol, gallery),
-        "tradeoff": tradeoff(identifier, frame, outputs, protocol, gallery),
+        "tradeoff": tradeoff(identifier, scored, gallery),
+        "stated_share": share_sweep(identifier, scored, gallery),
     }
 
 
@@ -226,8 +228,13 @@ def answer_reliability(
     }
 
 
-def tradeoff(identifier: Identifier, frame: pd.DataFrame, outputs: list, protocol: Any, gallery: Gallery) -> list:
-    """Known top-1 against new-individual recall as the ``new_individual`` threshold moves."""
+ScoredQuery = tuple[rules.QueryScores, str, bool, str]  # scores, truth, catalogued, group
+
+
+def scored_queries(
+    identifier: Identifier, frame: pd.DataFrame, outputs: list, protocol: Any, gallery: Gallery
+) -> list[ScoredQuery]:
+    """The open set's cetacean queries that reached the network, scored once against ``gallery``."""
     queries = []
     for i, known in zip(protocol.queries, protocol.known, strict=True):
         species = frame.at[i, "species"]
@@ -235,7 +242,41 @@ def tradeoff(identifier: Identifier, frame: pd.DataFrame, outputs: list, protoco
             continue
         truth = frame.at[i, "individual_id"] if known else NEW_INDIVIDUAL
         group = "right whales" if species == "north_atlantic_right_whale" else "other species"
-        queries.append((identifier.scores(outputs[i], gallery), truth, known, group))
+        queries.append((identifier.scores(outputs[i], gallery), truth, bool(known), group))
+    return queries
+
+
+SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def share_sweep(identifier: Identifier, queries: list[ScoredQuery], gallery: Gallery) -> list[dict[str, Any]]:
+    """What stating a share of catalogued photos (``catalogued_share``, ``rules.decision_threshold``) does to
+    the answers: known top-1, catalogued animals answered new, new-individual recall, per group."""
+    rows = []
+    for share in SHARES:
+        config = replace(identifier.config, catalogued_share=share)
+        for group in ("right whales", "other species", "all"):
+            chosen = [q for q in queries if group == "all" or q[3] == group]
+            answers = [(rules.decide(gallery, q, identifier.species_names, config), t, k) for q, t, k, _ in chosen]
+            known = [(r.answer, t) for r, t, k in answers if k]
+            new = [r.answer == NEW_INDIVIDUAL for r, t, k in answers if not k]
+            rows.append(
+                {
+                    "catalogued_share": share,
+                    "group": group,
+                    "threshold": round(rules.decision_threshold(config), 4),
+                    "n_known": len(known),
+                    "n_new": len(new),
+                    "known_top1": float(np.mean([a == t for a, t in known])) if known else None,
+                    "known_answered_new": float(np.mean([a == NEW_INDIVIDUAL for a, _ in known])) if known else None,
+                    "new_individual_recall": float(np.mean(new)) if new else None,
+                }
+            )
+    return rows
+
+
+def tradeoff(identifier: Identifier, queries: list[ScoredQuery], gallery: Gallery) -> list:
+    """Known top-1 against new-individual recall as the ``new_individual`` threshold moves."""
     rows = []
     for threshold in np.round(np.arange(0.20, 0.80, 0.02), 2):
         config = replace(identifier.config, new_individual_threshold=float(threshold))
@@ -371,6 +412,8 @@ def main() -> None:
     )
     for name, g in ident.items():
         print(f"{name}: {g}")
+    for row in report["identity"]["stated_share"]:
+        print(f"stated share {row['catalogued_share']}: {row}")
 
 
 if __name__ == "__main__":

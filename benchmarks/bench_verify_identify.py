@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 import pandas as pd
 from _report import header, save  # beside this script
-from bench_generalisation import reliability  # beside this script
+from bench_generalisation import SHARES, reliability  # beside this script
 
 from whales_identify.batch.local import identify_entries
 from whales_identify.config import (
@@ -506,6 +506,27 @@ def main() -> None:
                 test, lambda c: refused(identifier, test, outputs, results, c, tuned_verify), tuned
             ),
         }
+        # What stating a share of catalogued photos does to the verified answers (rules.decision_threshold).
+        report["test"]["stated_share"] = [
+            {
+                "catalogued_share": share,
+                "threshold": round(
+                    rules.decision_threshold(dataclasses.replace(tuned, catalogued_share=share), True), 4
+                ),
+                **metrics(
+                    refused(
+                        identifier,
+                        test,
+                        outputs,
+                        results,
+                        dataclasses.replace(tuned, catalogued_share=share),
+                        tuned_verify,
+                    ),
+                    test.truths,
+                ),
+            }
+            for share in SHARES
+        ]
         check = fused_metrics(test_stored, tuned_verify, [tuned.verify_new_individual_threshold])
         assert abs(float(check["known_top1"][0]) - report["test"]["known_top1"]) < 2e-3, "re-fusion disagrees"
         report["test_reference"] = {
