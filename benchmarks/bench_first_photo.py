@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import statistics
@@ -44,10 +45,18 @@ from app.headless import CHROMIUM, CHROMIUM_ARGS, SETTLED, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 600_000  # the issue saw 193 s: wait long enough to measure a slow start, not fail on it
-PHOTOS = [
-    ROOT / "tests" / "data" / "humpback_whale_43f3385b-6d40-4b2c-b7f9-6062c680361a.jpg",
-    ROOT / "tests" / "data" / "north_atlantic_right_whale_w_8801.jpg",
-]
+
+
+def sample_photos(species: tuple[str, ...] = ("humpback_whale", "north_atlantic_right_whale")) -> list[Path]:
+    """The first sample photo of each species in tests/data/samples.csv: ``bundle`` picks the samples afresh
+    for each model, so the benchmark reads which they are rather than naming files."""
+    data = ROOT / "tests" / "data"
+    with (data / "samples.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [data / next(r["image"] for r in rows if r["species"] == name) for name in species]
+
+
+PHOTOS = sample_photos()
 
 
 @dataclass

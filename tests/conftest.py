@@ -15,12 +15,15 @@ DATA = Path(__file__).parent / "data"
 
 
 def sample_photo(role: str) -> Path:
-    """The bundled sample photo that plays ``role``: "negative" (a frame that is no whale, rejected) or
-    "unseen" (an animal the catalogue does not hold, answered new_individual). ``bundle`` picks them afresh
-    for each model (tests/data/samples.csv), so a test names the role, never the file."""
+    """The bundled sample photo that plays ``role``: "negative" (a frame that is no whale, rejected),
+    "unseen" (an animal the catalogue does not hold, answered new_individual) or "right whale" (a catalogued
+    one; the first of samples.csv). ``bundle`` picks them afresh for each model (tests/data/samples.csv),
+    so a test names the role, never the file."""
     frame = pd.read_csv(DATA / "samples.csv", dtype=str, keep_default_na=False)
     if role == "negative":
         rows = frame[frame["species"] == NON_CETACEAN]
+    elif role == "right whale":
+        rows = frame[(frame["species"] == "north_atlantic_right_whale") & (frame["individual_id"] != "")]
     elif role == "unseen":
         catalogued = set(map(str, yaml.safe_load(DEFAULT_SPECIES_MAP.read_text(encoding="utf-8"))))
         rows = frame[(frame["individual_id"] != "") & ~frame["individual_id"].isin(catalogued)]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sample_photo
 
 from whales_identify.batch.local import CSV_COLUMNS, identify_entries, write_csv
 from whales_identify.catalog.enrol import enrol_photo
@@ -25,7 +26,7 @@ from whales_identify.training.keypoints import describe_file
 DATA = Path(__file__).parent / "data"
 SAME = DATA / "verify" / "north_atlantic_right_whale_whale_29858_w_3164.jpg"
 QUERY = DATA / "verify" / "north_atlantic_right_whale_whale_29858_w_3510.jpg"
-OTHER = DATA / "north_atlantic_right_whale_w_8801.jpg"  # another right whale (samples.csv)
+OTHER = sample_photo("right whale")  # another right whale (samples.csv)
 CFG = VerifyConfig()
 
 
