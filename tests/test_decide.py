@@ -63,6 +63,8 @@ def scores_for(gallery: Gallery, query: np.ndarray, logits: tuple[float, ...] = 
     )
 
 
+BELUGA = (0.0, 2.0, -2.0)  # species logits of a photo the head takes for a beluga (C's species)
+
 CONFIG = InferenceConfig(
     prototype_weight=0.5,
     new_individual_threshold=0.6,
@@ -130,6 +132,18 @@ def test_a_stated_share_of_catalogued_photos_moves_the_new_individual_decision(g
     assert rules.decide(gallery, above, SPECIES, replace(CONFIG, catalogued_share=0.1)).answer == NEW_INDIVIDUAL
 
 
+def test_an_answer_never_names_an_individual_of_another_species_than_it_answers(gallery: Gallery) -> None:
+    """A photo nearest C (a beluga) that the species head takes for a humpback: not "humpback whale,
+    individual C" but a new humpback; C stays among the candidates to compare. Taken for a beluga, it is C."""
+    query = unit(0.05, 0.02, 1, 0)
+    as_humpback = rules.decide(gallery, scores_for(gallery, query), SPECIES, CONFIG)
+    assert as_humpback.species == "humpback_whale" and as_humpback.top5[0].individual_id == "C"
+    assert as_humpback.top5[0].score > CONFIG.new_individual_threshold  # the threshold alone would name C
+    assert as_humpback.new_individual and as_humpback.answer == NEW_INDIVIDUAL
+    as_beluga = rules.decide(gallery, scores_for(gallery, query, BELUGA), SPECIES, CONFIG)
+    assert as_beluga.species == "beluga" and as_beluga.answer == "C"
+
+
 def test_species_head_alone_or_blended_with_the_nearest_photos(gallery: Gallery) -> None:
     s = scores_for(gallery, E[2], logits=(1.0, 0.0, -3.0))  # head says humpback; the photo is C, a beluga
     head_only = rules.species_distribution(gallery, s, SPECIES, CONFIG)
@@ -152,7 +166,7 @@ def test_a_non_cetacean_photo_is_rejected_and_never_a_new_individual(gallery: Ga
 
 
 def test_tune_chooses_from_candidates_and_leaves_the_base_config_alone(gallery: Gallery) -> None:
-    queries = [scores_for(gallery, unit(1, 0.05, 0, 0)), scores_for(gallery, unit(0.05, 0.02, 1, 0))]
+    queries = [scores_for(gallery, unit(1, 0.05, 0, 0)), scores_for(gallery, unit(0.05, 0.02, 1, 0), BELUGA)]
     queries += [scores_for(gallery, unit(0.4, 0.4, 0.1, 0.8))]  # an animal the gallery does not know
     base = replace(CONFIG, new_individual_threshold=0.95)  # a bad start: everything would be new
     before = replace(base)
@@ -166,7 +180,7 @@ def test_tune_chooses_from_candidates_and_leaves_the_base_config_alone(gallery: 
 def test_tune_chooses_half_and_half_thresholds_and_keeps_the_stated_share(gallery: Gallery) -> None:
     """A settings file stating 0.9 must not shift the thresholds being tuned: they are the half-and-half
     ones that the share then moves. The tuned settings keep the file's share."""
-    queries = [scores_for(gallery, unit(1, 0.05, 0, 0)), scores_for(gallery, unit(0.05, 0.02, 1, 0))]
+    queries = [scores_for(gallery, unit(1, 0.05, 0, 0)), scores_for(gallery, unit(0.05, 0.02, 1, 0), BELUGA)]
     queries += [scores_for(gallery, unit(0.4, 0.4, 0.1, 0.8))]
     args = (gallery, queries, SPECIES, ["A", "C", "Z"], ["humpback_whale", "beluga", "beluga"])
     at_half, _ = tune(CONFIG, *args)

@@ -98,20 +98,33 @@ def test_checkpoint_carries_what_reproduces_it(identifier) -> None:
     assert identifier.gallery.model_version == identifier.model_version
 
 
-def test_one_call_can_be_decided_under_a_stated_share_without_changing_the_shared_rules(identifier) -> None:
-    """A user who says nearly every photo shows a catalogued animal asks for stronger evidence before
-    "new": the unseen sample, new under the shipped half-and-half, is then named (its best score is above the
-    moved threshold), one photo alone or in a batch; the identifier's own rules stay as tuned."""
-    photo = sample_photo("unseen")
+def test_one_call_can_be_decided_under_a_stated_share_leaving_the_shared_rules(identifier, known_samples) -> None:
+    """A user who says nearly every photo shows a new animal asks for stronger evidence before naming one: a
+    catalogued humpback, named under the shipped half-and-half, is then answered new (its best score is under
+    the moved threshold), one photo alone or in a batch; the identifier's own rules stay as tuned."""
+    row = known_samples[known_samples["species"] == "humpback_whale"].iloc[0]
+    photo = Path(row["path"])
     shipped = identifier.identify(photo, verify=False)
-    assert shipped.new_individual
+    assert shipped.answer == row["individual_id"]
     assert shipped.new_individual_threshold == pytest.approx(identifier.config.new_individual_threshold)
-    sure = replace(identifier.config, catalogued_share=0.999)
-    assert shipped.top5[0].score > rules.decision_threshold(sure)  # what makes this photo a good case
-    moved = identifier.identify(photo, verify=False, config=sure)
-    assert not moved.new_individual and moved.answer == shipped.top5[0].individual_id
-    assert moved.new_individual_threshold == pytest.approx(rules.decision_threshold(sure))
-    [row] = list(identify_entries(identifier, [ArchiveEntry(photo.name, photo.read_bytes())], config=sure))
-    assert row.individual_id == moved.answer and row.probability == pytest.approx(moved.answer_probability, abs=1e-4)
+    unsure = replace(identifier.config, catalogued_share=0.001)
+    assert shipped.top5[0].score < rules.decision_threshold(unsure)  # what makes this photo a good case
+    moved = identifier.identify(photo, verify=False, config=unsure)
+    assert moved.new_individual and moved.top5[0].individual_id == row["individual_id"]
+    assert moved.new_individual_threshold == pytest.approx(rules.decision_threshold(unsure))
+    [batch] = list(identify_entries(identifier, [ArchiveEntry(photo.name, photo.read_bytes())], config=unsure))
+    assert batch.new_individual and batch.probability == pytest.approx(moved.answer_probability, abs=1e-4)
     assert identifier.config.catalogued_share == 0.5
-    assert identifier.identify(photo, verify=False).new_individual
+    assert identifier.identify(photo, verify=False).answer == row["individual_id"]
+
+
+def test_a_photo_is_never_named_as_an_individual_of_another_species(identifier) -> None:
+    """The unseen humpback's nearest catalogue animal is a right whale: however sure the user is that their
+    photos show catalogued animals, the answer is a new humpback, not "humpback whale, <a right whale>"."""
+    photo = sample_photo("unseen")
+    sure = replace(identifier.config, catalogued_share=0.999)
+    result = identifier.identify(photo, verify=False, config=sure)
+    assert result.species == "humpback_whale"
+    assert result.top5[0].species != result.species  # what makes this photo a good case
+    assert result.top5[0].score > rules.decision_threshold(sure)  # the threshold alone would name it
+    assert result.new_individual and result.answer == NEW_INDIVIDUAL
