@@ -93,6 +93,13 @@ def decision_note(result: Identification, catalogue_size: int, share: float) -> 
             if threshold is not None
             else ""
         )
+        best = result.best
+        if result.new_individual and best is not None and best.species != result.species:
+            line += (
+                f" The best-scoring individual is a {species_label(best.species)} while this photo looks like a "
+                f"{species_label(result.species)}: an answer never names an animal of another species, so this "
+                "is a new individual of the species answered."
+            )
         st.markdown(
             "Each catalogue individual gets a **similarity score** (cosine between this photo's embedding and "
             f"the individual's closest photo, blended with its learned centre{fused}). Scores become "

@@ -184,7 +184,7 @@ def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: i
         "groups": summary,
         **answer_reliability(identifier, frame, outputs, protocol, gallery),
         "tradeoff": tradeoff(identifier, scored, gallery),
-        "stated_share": share_sweep(identifier, scored, gallery),
+        "stated_share": share_sweep(identifier, frame, outputs, protocol, gallery),
     }
 
 
@@ -249,17 +249,29 @@ def scored_queries(
 SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
-def share_sweep(identifier: Identifier, queries: list[ScoredQuery], gallery: Gallery) -> list[dict[str, Any]]:
+def share_sweep(
+    identifier: Identifier, frame: pd.DataFrame, outputs: list, protocol: Any, gallery: Gallery
+) -> list[dict[str, Any]]:
     """What stating a share of catalogued photos (``catalogued_share``, ``rules.decision_threshold``) does to
-    the answers: known top-1, catalogued animals answered new, new-individual recall, per group."""
+    the answers, counted as ``identity`` counts them (the product's whole decision, a rejected photo answered
+    new): known top-1, catalogued animals answered new, new-individual recall, per group."""
     rows = []
     for share in SHARES:
         config = replace(identifier.config, catalogued_share=share)
+        outcomes: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
+        for i, known in zip(protocol.queries, protocol.known, strict=True):
+            species = frame.at[i, "species"]
+            if species == NON_CETACEAN:
+                continue
+            result = identifier.decide(outputs[i], gallery, config) if isinstance(outputs[i], ModelOutput) else None
+            single = NEW_INDIVIDUAL if result is None or result.rejected else result.answer
+            truth = frame.at[i, "individual_id"] if known else NEW_INDIVIDUAL
+            group = "right whales" if species == "north_atlantic_right_whale" else "other species"
+            for name in (group, "all"):
+                outcomes[name].append((single, truth, bool(known)))
         for group in ("right whales", "other species", "all"):
-            chosen = [q for q in queries if group == "all" or q[3] == group]
-            answers = [(rules.decide(gallery, q, identifier.species_names, config), t, k) for q, t, k, _ in chosen]
-            known = [(r.answer, t) for r, t, k in answers if k]
-            new = [r.answer == NEW_INDIVIDUAL for r, t, k in answers if not k]
+            known = [(a, t) for a, t, k in outcomes[group] if k]
+            new = [a == NEW_INDIVIDUAL for a, _, k in outcomes[group] if not k]
             rows.append(
                 {
                     "catalogued_share": share,
@@ -279,7 +291,7 @@ def tradeoff(identifier: Identifier, queries: list[ScoredQuery], gallery: Galler
     """Known top-1 against new-individual recall as the ``new_individual`` threshold moves."""
     rows = []
     for threshold in np.round(np.arange(0.20, 0.80, 0.02), 2):
-        config = replace(identifier.config, new_individual_threshold=float(threshold))
+        config = replace(identifier.config, new_individual_threshold=float(threshold), catalogued_share=0.5)
         for group in ("right whales", "all"):
             chosen = [q for q in queries if group == "all" or q[3] == group]
             answers = [

@@ -1057,6 +1057,8 @@ def test_a_batch_is_answered_under_the_share_stated_and_offers_to_run_again_when
     assert batch.catalogued_share == 0.9 and batch.finished
     assert row.individual_id == expected.answer
     assert row.probability == pytest.approx(expected.answer_probability, abs=1e-4)
+    shipped = identifier.identify(photo, verify=False)  # what a batch that ignored the sidebar would give
+    assert abs(shipped.answer_probability - expected.answer_probability) > 0.1
     assert "90% show catalogued animals" in _texts(at)
     at.run()  # the next rerun (the run that identified still drew the button it was started by)
     assert not _has_button(at, "batch_start"), "done, with the share stated: nothing to run again"
@@ -1081,3 +1083,23 @@ def test_the_share_control_keeps_the_settings_files_own_share_and_changes_nothin
     shipped = InferenceConfig()
     assert prior.rules_under(shipped, shipped.catalogued_share) is None
     assert prior.rules_under(shipped, 0.9) == replace(shipped, catalogued_share=0.9)
+
+
+def test_a_photo_whose_nearest_animal_is_of_another_species_is_explained_as_new(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The unseen humpback's nearest catalogue animal is a right whale. With a settings file that states
+    nearly every photo is catalogued (its own share: the sidebar's default), the threshold alone would name
+    that right whale: the page answers a new individual and says why."""
+    settings = tmp_path / "inference.yaml"
+    settings.write_text((ROOT / "models" / "inference.yaml").read_text() + "\ncatalogued_share: 0.999\n")
+    monkeypatch.setenv("WHALE_ID_INFERENCE_CONFIG", str(settings))
+    photo = sample_photo("unseen")
+    at = _app()
+    assert at.selectbox(key="catalogued_share").value == 0.999
+    at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    _no_failure(at)
+    result = next(iter(at.session_state["photo_results"].values())).result
+    assert result.new_individual and result.top5[0].species != result.species
+    assert result.top5[0].score > result.new_individual_threshold
+    assert "an answer never names an animal of another species" in _texts(at)

@@ -140,6 +140,12 @@ def test_an_answer_never_names_an_individual_of_another_species_than_it_answers(
     assert as_humpback.species == "humpback_whale" and as_humpback.top5[0].individual_id == "C"
     assert as_humpback.top5[0].score > CONFIG.new_individual_threshold  # the threshold alone would name C
     assert as_humpback.new_individual and as_humpback.answer == NEW_INDIVIDUAL
+    # its probability: new against the humpbacks A and B (far from the photo), not against all of the catalogue,
+    # where C takes nearly everything
+    individual = rules.individual_scores(gallery, scores_for(gallery, query), CONFIG)
+    among = rules.new_among_species(individual, gallery, "humpback_whale", CONFIG, False)
+    assert among > 0.9 and as_humpback.new_individual_probability == pytest.approx(among)
+    assert np.exp(rules.individual_log_probabilities(individual, CONFIG)[-1]) < 0.1
     as_beluga = rules.decide(gallery, scores_for(gallery, query, BELUGA), SPECIES, CONFIG)
     assert as_beluga.species == "beluga" and as_beluga.answer == "C"
 

@@ -68,7 +68,7 @@ def _load_identifier(args: argparse.Namespace):
         user_catalog="off" if args.bundled_only else "if_exists",
         species=args.species,
     )
-    if args.catalogued_share is not None:  # the prior the probabilities are read under (rules.calibrate_answer)
+    if args.catalogued_share is not None:  # the prior the answers are decided and read under (rules.decision_threshold)
         services.identifier.config = replace(services.identifier.config, catalogued_share=args.catalogued_share)
     if services.stale_photos and services.catalog is not None:
         print(

@@ -210,6 +210,25 @@ def other_species(gallery: Gallery, order: np.ndarray, species: str) -> bool:
     return bool(theirs) and theirs != species
 
 
+def new_among_species(
+    individual: np.ndarray, gallery: Gallery, species: str, config: InferenceConfig, fused: bool
+) -> float:
+    """P(new_individual) when only the individuals of ``species`` (and those of unknown species) compete: the
+    probability of an answer that ``other_species`` made new, rather than the whole catalogue's softmax, in
+    which the other species' best individual took nearly everything."""
+    same = np.asarray([gallery.individual_species.get(str(n), "") in ("", species) for n in gallery.individuals])
+    return float(np.exp(individual_log_probabilities(individual[same], config, fused)[-1]))
+
+
+def with_entry(probabilities: np.ndarray, index: int, p: float) -> np.ndarray:
+    """``probabilities`` with entry ``index`` set to ``p`` and the others scaled to share the rest."""
+    out = np.asarray(probabilities, dtype=np.float64).copy()
+    rest = float(out.sum() - out[index])
+    out *= (1.0 - p) / rest if rest > 0 else 0.0
+    out[index] = p
+    return out
+
+
 def decide(
     gallery: Gallery,
     scores: QueryScores,
@@ -221,7 +240,7 @@ def decide(
 
     ``verification``: keypoint evidence for the shortlist; the individual scores are fused with it
     (one softmax over all of them and ``new_individual``, at the fused threshold and temperature), and a
-    verified top answer is never ``new_individual``."""
+    verified top answer is never ``new_individual`` unless it is of another species than the one answered."""
     species_p = species_distribution(gallery, scores, species_names, config)
     p_non = non_cetacean_probability(species_p, species_names)
     species_index = best_cetacean_species(species_p, species_names)
@@ -236,11 +255,12 @@ def decide(
     confirmed = verification is not None and len(order) > 0 and bool(verification.verified[order[0]])
     best = float(individual[order[0]]) if len(order) else -1.0
     threshold = decision_threshold(config, fused)
-    answered_new = (
-        not rejected
-        and not confirmed
-        and (best < threshold or other_species(gallery, order, species_names[species_index]))
-    )
+    # The species answered and the individual named must agree, keypoint-confirmed or not (other_species).
+    species_conflict = not rejected and other_species(gallery, order, species_names[species_index])
+    answered_new = not rejected and (species_conflict or (best < threshold and not confirmed))
+    if species_conflict and best >= threshold:  # new only because of the species: its probability among them
+        new_p = new_among_species(individual, gallery, species_names[species_index], config, fused)
+        probabilities = with_entry(probabilities, len(probabilities) - 1, new_p)
     if not rejected and len(order):
         answer = len(probabilities) - 1 if answered_new else int(order[0])
         probabilities = calibrate_answer(probabilities, answer, answered_new, config, fused)

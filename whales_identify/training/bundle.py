@@ -65,7 +65,6 @@ def _pick_samples(
     rng = np.random.default_rng(0)
     counts = frame["individual_id"].value_counts()
     chosen: list[int] = []
-    threshold = identifier.config.new_individual_threshold
 
     def answer_without(index: int, drop_individual: bool = False):
         """The answer for the photo exactly as it will be shipped (resized, re-encoded)."""
@@ -77,7 +76,9 @@ def _pick_samples(
         output = identifier.forward([decode_image(_sample_bytes(frame.at[index, "path"]))])[0]
         result = identifier.decide(output, gallery_all.subset(mask))
         best = result.best.score if result.best else -1.0
-        clear = abs(best - threshold) >= SAMPLE_MARGIN  # far from the threshold: stable across platforms
+        threshold = result.new_individual_threshold
+        # far from the threshold that decided it: stable across platforms
+        clear = threshold is None or abs(best - threshold) >= SAMPLE_MARGIN
         return result if clear else None
 
     def known_holds(index: int) -> bool:

@@ -284,7 +284,10 @@ def fused_outcomes(
     """The verified queries re-decided under ``cfg``'s fusion (weight, cap, min_inliers, verified_inliers)
     for each fused ``new_individual`` threshold, as ``rules.decide`` decides them: per threshold and query,
     the AP@5 of the answer list, whether the answer is right, whether it is new_individual; and per query
-    whether the top answer is verified (it then overrides new_individual)."""
+    whether the top answer is verified (it then overrides new_individual). The species rule
+    (``rules.other_species``) is not re-applied: the stored shortlist carries no species. On the right
+    whales this is tuned on it changed no answer (bench_verify_identify checks the re-fusion against
+    ``rules.decide`` on test)."""
     q = len(stored.truth)
     h = np.asarray(thresholds, np.float32)[:, None]
     if q == 0:
