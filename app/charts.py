@@ -62,6 +62,9 @@ def score_chart(result: Identification, threshold: float, height: int = 200) -> 
     threshold that decided the answer as a rule."""
     frame = top5_frame(result)
     frame = frame[frame["kind"] == "Catalogue individual"]
+    # Cosines lie in [-1, 1]; keypoint evidence adds up to VerifyConfig.weight on top: never cut a bar off.
+    low = min(0.0, float(frame["score"].min()) if len(frame) else 0.0)
+    high = max(1.0, float(frame["score"].max()) if len(frame) else 1.0, threshold)
     bars = (
         alt.Chart(frame)
         .mark_bar(color=OCEAN_LIGHT, cornerRadiusEnd=3)
@@ -70,7 +73,7 @@ def score_chart(result: Identification, threshold: float, height: int = 200) -> 
             x=alt.X(
                 "score:Q",
                 title="Score (cosine + keypoint evidence)" if result.evidence else "Similarity score (cosine)",
-                scale=alt.Scale(domain=[min(0.0, frame["score"].min() if len(frame) else 0), 1]),
+                scale=alt.Scale(domain=[low, high]),
             ),
             tooltip=[alt.Tooltip("individual:N"), alt.Tooltip("score:Q", format=".3f")],
         )

@@ -765,6 +765,31 @@ def test_long_ids_are_shortened_on_the_chart_with_the_full_id_in_the_tooltip() -
     assert "individual" in tooltips
 
 
+def test_the_score_chart_never_cuts_off_a_score_fused_with_keypoint_evidence() -> None:
+    """A cosine of 0.9 plus 0.4 of keypoint evidence is 1.3: the axis reaches it (it used to stop at 1)."""
+    from app import charts
+    from whales_identify.matching.results import Candidate, Identification
+
+    result = Identification(
+        species="north_atlantic_right_whale",
+        species_probability=0.99,
+        top5=[Candidate("whale_1", "north_atlantic_right_whale", 0.9, 1.3), Candidate("whale_2", "", 0.05, -0.2)],
+        new_individual=False,
+        new_individual_probability=0.05,
+    )
+    spec = charts.score_chart(result, 0.62).to_dict()
+    [domain] = [
+        layer["encoding"]["x"]["scale"]["domain"] for layer in spec["layer"] if "scale" in layer["encoding"]["x"]
+    ]
+    assert domain == [-0.2, 1.3]
+    plain = charts.score_chart(Identification("beluga", 0.9, [Candidate("b", "beluga", 0.6, 0.5)], False, 0.4), 0.44)
+    assert [
+        layer["encoding"]["x"]["scale"]["domain"]
+        for layer in plain.to_dict()["layer"]
+        if "scale" in layer["encoding"]["x"]
+    ] == [[0.0, 1.0]]
+
+
 def test_about_opens_with_a_plain_language_summary_before_the_model_card() -> None:
     at = _app()
     at.switch_page("views/about_model.py").run()
