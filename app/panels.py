@@ -19,6 +19,7 @@ from app.view_model import actor_name, md_escape, percent, position_text, reject
 from whales_identify.catalog.enrol import enrol_photo
 from whales_identify.catalog.store import CatalogError
 from whales_identify.inputs.exif import PhotoMetadata
+from whales_identify.matching import rules
 from whales_identify.matching.results import Identification
 from whales_identify.model.mask import Box, overlay
 from whales_identify.services import Services
@@ -94,7 +95,7 @@ def decision_note(result: Identification, catalogue_size: int, share: float) -> 
             else ""
         )
         best = result.best
-        if result.new_individual and best is not None and best.species != result.species:
+        if result.new_individual and best is not None and rules.species_disagree(best.species, result.species):
             line += (
                 f" The best-scoring individual is a {species_label(best.species)} while this photo looks like a "
                 f"{species_label(result.species)}: an answer never names an animal of another species, so this "

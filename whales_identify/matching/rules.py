@@ -145,6 +145,15 @@ def calibrated_probability(p: float, answered_new: bool, config: InferenceConfig
     return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
 
+def with_entry(probabilities: np.ndarray, index: int, p: float) -> np.ndarray:
+    """``probabilities`` with entry ``index`` set to ``p`` and the others scaled to share the rest."""
+    out = np.asarray(probabilities, dtype=np.float64).copy()
+    rest = float(out.sum() - out[index])
+    out *= (1.0 - p) / rest if rest > 0 else 0.0
+    out[index] = p
+    return out
+
+
 def calibrate_answer(
     probabilities: np.ndarray, answer: int, answered_new: bool, config: InferenceConfig, verified: bool = False
 ) -> np.ndarray:
@@ -159,9 +168,7 @@ def calibrate_answer(
     q = calibrated_probability(float(p[answer]), answered_new, config, verified)
     runner_up = float(others.max())
     q = max(q, runner_up / (rest + runner_up))  # so that no other entry, scaled, overtakes the answer
-    out = p * ((1.0 - q) / rest)
-    out[answer] = q
-    return out
+    return with_entry(p, answer, q)
 
 
 def species_distribution(
@@ -206,7 +213,11 @@ def other_species(gallery: Gallery, order: np.ndarray, species: str) -> bool:
     disagree when the animal is not in the catalogue. An individual of unknown species never disagrees."""
     if not len(order):
         return False
-    theirs = gallery.individual_species.get(str(gallery.individuals[order[0]]), "")
+    return species_disagree(gallery.individual_species.get(str(gallery.individuals[order[0]]), ""), species)
+
+
+def species_disagree(theirs: str, species: str) -> bool:
+    """An individual of species ``theirs`` cannot be the answer for a photo of ``species`` ("": unknown)."""
     return bool(theirs) and theirs != species
 
 
@@ -218,15 +229,6 @@ def new_among_species(
     which the other species' best individual took nearly everything."""
     same = np.asarray([gallery.individual_species.get(str(n), "") in ("", species) for n in gallery.individuals])
     return float(np.exp(individual_log_probabilities(individual[same], config, fused)[-1]))
-
-
-def with_entry(probabilities: np.ndarray, index: int, p: float) -> np.ndarray:
-    """``probabilities`` with entry ``index`` set to ``p`` and the others scaled to share the rest."""
-    out = np.asarray(probabilities, dtype=np.float64).copy()
-    rest = float(out.sum() - out[index])
-    out *= (1.0 - p) / rest if rest > 0 else 0.0
-    out[index] = p
-    return out
 
 
 def decide(
