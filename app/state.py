@@ -220,11 +220,10 @@ def analyse_photo(identifier: Identifier, name: str, data: bytes, config: Infere
     return out
 
 
-def photo_result(name: str, data: bytes) -> PhotoResult:
+def photo_result(identifier: Identifier, name: str, data: bytes) -> PhotoResult:
     """The result for these bytes under the share stated in the sidebar, from this session's memory when
     already computed (another share is another answer: computed once too)."""
     store: OrderedDict[str, PhotoResult] = st.session_state["photo_results"]
-    identifier = get_identifier()
     share = prior.stated_share(identifier.config.catalogued_share)
     key = f"{digest(data)}:{share}"
     if key in store:

@@ -81,7 +81,7 @@ def body() -> None:
         return
     name, data = chosen
     identifier = get_identifier()
-    photo = photo_result(name, data)
+    photo = photo_result(identifier, name, data)
     if photo.error:
         st.error(f"**{vm.md_escape(name)} could not be identified:** {vm.md_escape(photo.error)}")
         return
