@@ -77,9 +77,12 @@ def blank_frames() -> dict[str, bytes]:
     return out
 
 
-def answer(identifier: Identifier, output: Any, gallery: Gallery) -> Identification | None:
-    """The product's answer; None when the content gate refused the photo (it is then rejected)."""
-    return identifier.decide(output, gallery) if isinstance(output, ModelOutput) else None
+def answer(
+    identifier: Identifier, output: Any, gallery: Gallery, config: InferenceConfig | None = None
+) -> Identification | None:
+    """The product's answer (under ``config``, default the shipped rules); None when the content gate refused
+    the photo (it is then rejected)."""
+    return identifier.decide(output, gallery, config) if isinstance(output, ModelOutput) else None
 
 
 def reliability(probabilities: list[float], correct: list[bool], weights: list[float] | None = None) -> dict[str, Any]:
@@ -144,16 +147,24 @@ def species_and_rejection(identifier: Identifier, frame: pd.DataFrame, outputs: 
     }
 
 
-def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: int) -> dict[str, Any]:
-    protocol = open_set(frame, "test", seed)
-    gallery = gallery_of_rows(frame, outputs, protocol.gallery, identifier.model_version)
+def identity_groups(
+    identifier: Identifier,
+    frame: pd.DataFrame,
+    outputs: list,
+    protocol: Any,
+    gallery: Gallery,
+    config: InferenceConfig | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per group (right whales, other species, all): MAP@5, known top-1 / top-5, catalogued animals
+    answered new and new-individual recall of the open set's cetacean queries, as the product answers
+    them under ``config`` (a rejected photo counts as answered new)."""
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for i, known in zip(protocol.queries, protocol.known, strict=True):
         species = frame.at[i, "species"]
         if species == NON_CETACEAN:
             continue
         truth = frame.at[i, "individual_id"] if known else NEW_INDIVIDUAL
-        result = answer(identifier, outputs[i], gallery)
+        result = answer(identifier, outputs[i], gallery, config)
         ranked = result.ranked_answers() if result is not None else [NEW_INDIVIDUAL]
         single = NEW_INDIVIDUAL if result is None or result.rejected else result.answer
         group = "right whales" if species == "north_atlantic_right_whale" else "other species"
@@ -166,7 +177,7 @@ def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: i
                 g["known_answered_new"].append(float(single == NEW_INDIVIDUAL))
             else:
                 g["new_recall"].append(float(single == NEW_INDIVIDUAL))
-    summary = {
+    return {
         name: {
             "n_known": len(g["known_top1"]),
             "n_new": len(g["new_recall"]),
@@ -178,10 +189,15 @@ def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: i
         }
         for name, g in groups.items()
     }
+
+
+def identity(identifier: Identifier, frame: pd.DataFrame, outputs: list, seed: int) -> dict[str, Any]:
+    protocol = open_set(frame, "test", seed)
+    gallery = gallery_of_rows(frame, outputs, protocol.gallery, identifier.model_version)
     scored = scored_queries(identifier, frame, outputs, protocol, gallery)
     return {
         "protocol": protocol_summary(frame, protocol),
-        "groups": summary,
+        "groups": identity_groups(identifier, frame, outputs, protocol, gallery),
         **answer_reliability(identifier, frame, outputs, protocol, gallery),
         "tradeoff": tradeoff(identifier, scored, gallery),
         "stated_share": share_sweep(identifier, frame, outputs, protocol, gallery),
@@ -247,41 +263,27 @@ def scored_queries(
 
 
 SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
+SWEPT = ("n_known", "n_new", "known_top1", "known_answered_new", "new_individual_recall")  # per share and group
 
 
 def share_sweep(
     identifier: Identifier, frame: pd.DataFrame, outputs: list, protocol: Any, gallery: Gallery
 ) -> list[dict[str, Any]]:
     """What stating a share of catalogued photos (``catalogued_share``, ``rules.decision_threshold``) does to
-    the answers, counted as ``identity`` counts them (the product's whole decision, a rejected photo answered
-    new): known top-1, catalogued animals answered new, new-individual recall, per group."""
+    the answers, counted as ``identity_groups`` counts them: known top-1, catalogued animals answered new,
+    new-individual recall, per group."""
     rows = []
     for share in SHARES:
         config = replace(identifier.config, catalogued_share=share)
-        outcomes: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)
-        for i, known in zip(protocol.queries, protocol.known, strict=True):
-            species = frame.at[i, "species"]
-            if species == NON_CETACEAN:
-                continue
-            result = identifier.decide(outputs[i], gallery, config) if isinstance(outputs[i], ModelOutput) else None
-            single = NEW_INDIVIDUAL if result is None or result.rejected else result.answer
-            truth = frame.at[i, "individual_id"] if known else NEW_INDIVIDUAL
-            group = "right whales" if species == "north_atlantic_right_whale" else "other species"
-            for name in (group, "all"):
-                outcomes[name].append((single, truth, bool(known)))
+        groups = identity_groups(identifier, frame, outputs, protocol, gallery, config)
         for group in ("right whales", "other species", "all"):
-            known = [(a, t) for a, t, k in outcomes[group] if k]
-            new = [a == NEW_INDIVIDUAL for a, _, k in outcomes[group] if not k]
+            g = groups[group]
             rows.append(
                 {
                     "catalogued_share": share,
                     "group": group,
                     "threshold": round(rules.decision_threshold(config), 4),
-                    "n_known": len(known),
-                    "n_new": len(new),
-                    "known_top1": float(np.mean([a == t for a, t in known])) if known else None,
-                    "known_answered_new": float(np.mean([a == NEW_INDIVIDUAL for a, _ in known])) if known else None,
-                    "new_individual_recall": float(np.mean(new)) if new else None,
+                    **{k: g[k] for k in SWEPT},
                 }
             )
     return rows
